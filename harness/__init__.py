@@ -1,0 +1,1 @@
+"""harness: the CLI, the iteration loop, evaluation, metrics, the results store and leaderboards."""

@@ -1,0 +1,127 @@
+"""The ``xlpref`` command line.
+
+Commands are loaded lazily from ``harness.commands.*`` (``xlpref --help`` imports no torch).
+Bad input (:class:`xlpref.errors.InputError`, click usage errors) exits with code 2 and one clear
+message; tracebacks are shown only with ``-v``.
+
+Example::
+
+    xlpref data check --data-dir ../shared/data
+    xlpref -v --seed 1 sample --model tiny-random-llama --prompts mini/ --langs en,es --n 2 -o s.jsonl
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from xlpref.errors import InputError
+
+# name -> "module:attr"; one line per command, each module owns its commands.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("harness.commands.data_cmd:data", "Validate and summarise data."),
+    "models": ("harness.commands.models_cmd:models", "Prepare and inspect models."),
+    "sample": ("harness.commands.method_cmd:sample", "Sample responses per prompt and language."),
+    "score": ("harness.commands.method_cmd:score", "Score responses with the implicit reward."),
+    "pairs": ("harness.commands.method_cmd:pairs", "Build preference pairs from scored responses."),
+    "train": ("harness.commands.method_cmd:train", "DPO (+NLL) training on preference pairs."),
+    "annotate": ("harness.commands.method_cmd:annotate", "Build pairs with a registered annotator (e.g. lidr)."),
+    "generate": ("harness.commands.eval_cmd:generate", "Generate X-AlpacaEval outputs for a model."),
+    "evaluate": ("harness.commands.eval_cmd:evaluate", "Judge outputs against reference outputs."),
+    "metrics": ("harness.commands.eval_cmd:metrics", "Win rate and LC win rate from annotations."),
+    "difficulty": ("harness.commands.eval_cmd:difficulty", "Fit instruction difficulty from annotations."),
+    "judge-agreement": ("harness.commands.eval_cmd:judge_agreement", "Measure a judge against GPT-4 Turbo."),
+    "leaderboard": ("harness.commands.eval_cmd:leaderboard", "Regenerate and print the leaderboard."),
+    "compare": ("harness.commands.eval_cmd:compare", "Per-language deltas with bootstrap CIs."),
+    "check": ("harness.commands.eval_cmd:check", "Regression gate: exit 0 or 1."),
+    "plot": ("harness.commands.eval_cmd:plot", "PNG charts of WR and LC by iteration."),
+    "run": ("harness.commands.run_cmd:run", "Run the ICR loop with evaluation around every iteration."),
+    "compare-baselines": ("harness.commands.run_cmd:compare_baselines", "Run ICR, LIDR, English-only; one table."),
+    "eval": ("harness.commands.eval_cmd:eval_suite", "Capability suites (lm-eval) on a model."),
+    "bench": ("harness.commands.bench_cmd:bench", "Performance benchmarks against naive baselines."),
+}
+
+
+@dataclass
+class Context:
+    """Global options, passed to every command as ``ctx.obj``."""
+
+    run_dir: Path | None = None
+    seed: int = 42
+    verbose: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands are imported only when invoked (or listed in detail)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        target, _ = COMMANDS[name]
+        module_name, _, attr = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("harness.commands"):
+                return None
+            raise
+        return getattr(module, attr, None)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help from the table above, so ``--help`` imports no command module.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in sorted(COMMANDS)])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None,
+              help="Run directory for artifacts (default: per command).")
+@click.option("--seed", type=int, default=42, show_default=True, help="Global random seed.")
+@click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
+@click.version_option(package_name="xlpref")
+@click.pass_context
+def cli(ctx: click.Context, run_dir: Path | None, seed: int, verbose: int) -> None:
+    """xlpref: multilingual preference alignment by implicit cross-lingual rewarding (ICR)."""
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = Context(run_dir=run_dir, seed=seed, verbose=verbose)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: maps bad input to exit code 2 with one clear line."""
+    verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
+                  for a in (argv if argv is not None else sys.argv[1:]))
+    try:
+        cli.main(args=argv, prog_name="xlpref", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)  # usage errors: 2
+    except InputError as exc:
+        if verbose:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        if verbose:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

