@@ -1,0 +1,233 @@
+"""The ICR loop: evaluate pi_t, sample, score, build pairs, train -> pi_{t+1}; repeat; evaluate.
+
+Every stage writes into the run store and is skipped or resumed on a rerun, so killing the run at
+any point and starting the same command again ends with the same artifacts as an uninterrupted run
+(seeds are fixed per stage and per batch).
+
+Run layout::
+
+    RUN/manifest.json, stages.json, config.yaml
+    RUN/iter_{t}/samples.jsonl, scored.jsonl, pairs.jsonl, pairs.summary.json, model/
+    RUN/eval/iter_{t}/{lang}/model_outputs.json, annotations.json, metrics.json
+    RUN/results/<run>-iter{t}/...          (the run's rows in the results layout)
+    RUN/leaderboard.csv, timings.json
+
+Example::
+
+    from harness.config import load_config
+    from harness.loop import run_icr
+    run_icr(load_config("configs/demo.yaml"), iterations=1)
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from harness.config import RunConfig
+from harness.store import RunStore
+from xlpref.data import Instruction, TrainPrompt, load_instructions, load_reference_outputs, load_train_prompts
+from xlpref.jsonio import read_jsonl, write_json_atomic, write_jsonl_atomic
+
+
+@dataclass
+class RunContext:
+    """What every stage of a run needs: config, store, data, console and the stage clock."""
+
+    config: RunConfig
+    store: RunStore
+    console: Console
+    prompts: dict[str, list[TrainPrompt]]
+    instructions: dict[str, list[Instruction]]
+    references: dict[str, list[dict]]
+    timings: dict[str, dict] = field(default_factory=dict)
+
+    def stage_done(self, name: str, seconds: float, **summary: Any) -> None:
+        self.store.mark_done(name, {"seconds": round(seconds, 2), **summary})
+
+
+def load_run_data(config: RunConfig) -> tuple[dict, dict, dict]:
+    """Training prompts, evaluation instructions and reference outputs, validated up front."""
+    langs = config.languages
+    prompt_langs = sorted(set(langs) | {"en"})
+    prompts = load_train_prompts(config.data.train_prompts, prompt_langs, limit=config.data.prompt_limit)
+    instructions = load_instructions(config.data.eval_instructions, langs)
+    if config.data.eval_limit:
+        instructions = {lang: rows[: config.data.eval_limit] for lang, rows in instructions.items()}
+    references = {
+        lang: load_reference_outputs(Path(config.data.reference_outputs) / f"{lang}.json", rows)
+        for lang, rows in instructions.items()
+    }
+    return prompts, instructions, references
+
+
+def _release() -> None:
+    gc.collect()
+
+
+# -- the stages -------------------------------------------------------------------------------------
+
+def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
+    """X-AlpacaEval evaluation of pi_t: outputs per language, judge annotations, metrics."""
+    from harness.evaluation import evaluate_outputs
+    from harness.judges import load_judge
+    from harness.outputs import generate_outputs
+    from xlpref.sampling import SamplingParams
+
+    cfg = ctx.config.evaluation
+    stage = f"eval/iter_{t}"
+    out_dir = ctx.store.path("eval", f"iter_{t}")
+    if ctx.store.is_done(stage):
+        return {lang: _read_metrics(out_dir / lang) for lang in ctx.config.languages}
+    start = time.perf_counter()
+    params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                            seed=ctx.config.seed + t, batch_size=cfg.batch_size)
+    ctx.console.rule(f"[bold]iteration {t}: evaluate {policy}")
+    paths = generate_outputs(policy, ctx.instructions, out_dir, generator=f"{ctx.config.name}-iter{t}",
+                             backend=cfg.backend, params=params)
+    judge = load_judge(cfg.judge, **cfg.judge_options)
+    metrics = {}
+    for lang in ctx.config.languages:
+        metrics[lang] = evaluate_outputs(paths[lang], ctx.references[lang], judge, out_dir / lang,
+                                         instruction_difficulty=ctx.config.data.instruction_difficulty,
+                                         seed=ctx.config.seed)
+    tokens = sum(m.get("n_total", 0) for m in metrics.values())
+    _record_results(ctx, t, policy, out_dir, judge)
+    ctx.stage_done(stage, time.perf_counter() - start, items=tokens)
+    return metrics
+
+
+def _read_metrics(folder: Path) -> dict:
+    from xlpref.jsonio import read_json
+
+    return read_json(folder / "metrics.json")
+
+
+def _record_results(ctx: RunContext, t: int, policy: str, eval_dir: Path, judge: Any) -> None:
+    """Write this iteration's evaluation as a results row (in the run, and in results_dir if set)."""
+    from harness.results import record_run_iteration
+
+    meta = {"model": policy, "annotator": judge.name, "annotator_is_demo": judge.is_demo,
+            "reference": Path(ctx.config.data.reference_outputs).name,
+            "source": f"xlpref run (config {ctx.config.name})"}
+    per_lang = {lang: eval_dir / lang for lang in ctx.config.languages}
+    record_run_iteration(ctx.store.path("results"), ctx.config.name, t, per_lang, meta)
+    if ctx.config.evaluation.results_dir:
+        record_run_iteration(ctx.config.evaluation.results_dir, ctx.config.name, t, per_lang, meta)
+
+
+def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
+    """pi_t answers every training prompt in every training language, n times."""
+    from xlpref.sampling import SampleRequest, SamplingParams, make_sampler, sample_to_log
+
+    cfg = ctx.config.sampling
+    stage = f"iter_{t}/samples"
+    log = ctx.store.record_log(stage, key=("lang", "id", "sample_index"))
+    if log.is_finished:
+        return log.records
+    english = {p.instruction_id: p.instruction for p in ctx.prompts["en"]}
+    requests = [SampleRequest(id=p.instruction_id, lang=lang, prompt=p.instruction, prompt_en=english[p.instruction_id])
+                for lang in ctx.config.languages for p in ctx.prompts[lang]]
+    params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                            seed=ctx.config.seed + t, batch_size=cfg.batch_size)
+    ctx.console.rule(f"[bold]iteration {t}: sample ({cfg.backend}, n={cfg.n})")
+    start = time.perf_counter()
+    options = {}
+    if cfg.backend == "vllm":
+        options = {"tensor_parallel_size": cfg.tensor_parallel_size, "data_parallel_size": cfg.data_parallel_size}
+    sampler = make_sampler(cfg.backend, policy, **options)
+    try:
+        records = sample_to_log(sampler, requests, params, log)
+    finally:
+        sampler.close()
+        _release()
+    ctx.stage_done(stage, time.perf_counter() - start, records=len(records),
+                   tokens=sum(r.get("n_response_tokens", 0) for r in records))
+    return records
+
+
+def reward_models(ctx: RunContext, policy: str) -> tuple[str, str]:
+    """The (pi_dpo, pi_ref) pair forming the reward: the original pair, or pi_t with the original reference."""
+    models = ctx.config.models
+    return (models.policy if models.reward_pair == "original" else policy), models.reference
+
+
+def build_preference_pairs(ctx: RunContext, t: int, policy: str, samples: list[dict]) -> list[dict]:
+    """Score the samples with the implicit reward (or run another annotator) and build pairs."""
+    from xlpref.registry import resolve
+
+    cfg = ctx.config.annotator
+    stage = f"iter_{t}/pairs"
+    pairs_path = ctx.store.path(f"iter_{t}", "pairs.jsonl")
+    if ctx.store.is_done(stage):
+        return read_jsonl(pairs_path)
+    ctx.console.rule(f"[bold]iteration {t}: annotate ({cfg.name}, {cfg.reward})")
+    start = time.perf_counter()
+    annotator = resolve("annotator", cfg.name)(cfg, seed=ctx.config.seed + t, console=ctx.console)
+    reward_policy, reference = reward_models(ctx, policy)
+    result = annotator.annotate(
+        samples=samples, policy=policy, reward_policy=reward_policy, reference=reference,
+        prompts=ctx.prompts, languages=ctx.config.languages, store=ctx.store, stage_dir=f"iter_{t}",
+    )
+    _release()
+    write_json_atomic(ctx.store.path(f"iter_{t}", "pairs.summary.json"), result.summary)
+    write_jsonl_atomic(pairs_path, result.pairs)
+    ctx.stage_done(stage, time.perf_counter() - start, pairs=len(result.pairs),
+                   tokens=result.summary.get("_tokens", 0) if isinstance(result.summary, dict) else 0)
+    return result.pairs
+
+
+def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str:
+    """DPO (+NLL) on all languages' pairs, the reference being pi_t itself; returns pi_{t+1}'s folder."""
+    from xlpref.training import TrainConfig, train_dpo
+
+    cfg = ctx.config.training
+    stage = f"iter_{t}/train"
+    out_dir = ctx.store.path(f"iter_{t}", "model")
+    if ctx.store.is_done(stage):
+        return str(out_dir)
+    if cfg.languages:
+        pairs = [p for p in pairs if p["lang"] in cfg.languages]
+    ctx.console.rule(f"[bold]iteration {t}: train ({cfg.loss}, beta={cfg.beta}, {len(pairs)} pairs)")
+    start = time.perf_counter()
+    config = TrainConfig(
+        loss=cfg.loss, beta=cfg.beta, nll_weight=cfg.nll_weight, lora=cfg.lora, lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha, learning_rate=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum, max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        seed=ctx.config.seed + t, report_to=list(cfg.report_to), num_processes=cfg.num_processes,
+    )
+    result = train_dpo(policy, pairs, out_dir, config)
+    _release()
+    ctx.stage_done(stage, time.perf_counter() - start, pairs=len(pairs), steps=result.steps)
+    return str(out_dir)
+
+
+# -- one iteration, and the run ---------------------------------------------------------------------
+
+def run_iteration(ctx: RunContext, t: int, policy: str) -> str:
+    """One ICR iteration, top to bottom: evaluate pi_t, sample, score + pairs, train -> pi_{t+1}."""
+    evaluate_policy(ctx, t, policy)
+    samples = sample_responses(ctx, t, policy)
+    pairs = build_preference_pairs(ctx, t, policy, samples)
+    return train_policy(ctx, t, policy, pairs)
+
+
+def run_icr(config: RunConfig, *, iterations: int | None = None, console: Console | None = None) -> RunContext:
+    """Run (or resume) the whole loop and end with the run's leaderboard."""
+    console = console or Console(stderr=True)
+    iterations = config.iterations if iterations is None else iterations
+    store = RunStore(config.run_dir)
+    store.write_manifest(config.resolved(), reward_pair=config.models.reward_pair, iterations=iterations)
+    prompts, instructions, references = load_run_data(config)
+    ctx = RunContext(config, store, console, prompts, instructions, references)
+    policy = config.models.policy
+    for t in range(iterations):
+        policy = run_iteration(ctx, t, policy)
+    if config.evaluation.is_enabled:
+        evaluate_policy(ctx, iterations, policy)
+    return ctx
