@@ -146,8 +146,37 @@ def _absolute(path: Path | None, base: Path) -> Path | None:
     return path if path.is_absolute() else (base / path)
 
 
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _with_base(raw: dict, path: Path, seen: tuple[Path, ...]) -> dict:
+    """Resolve ``extends: other.yaml`` (relative to this file): the other file, overridden by this one."""
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    base_path = (path.parent / str(base_name)).resolve()
+    if base_path in seen:
+        raise InputError(f"'extends' forms a cycle through {base_path}", path=path, field="extends")
+    if not base_path.is_file():
+        raise InputError(f"base config {base_path} not found", path=path, field="extends")
+    base = yaml.safe_load(base_path.read_text(encoding="utf-8"))
+    if not isinstance(base, dict):
+        raise InputError("expected a mapping at the top level", path=base_path)
+    return _deep_merge(_with_base(base, base_path, (*seen, base_path)), raw)
+
+
 def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read, validate and resolve a run config; relative paths are taken from the working directory.
+
+    A config may start with ``extends: base.yaml`` (relative to itself): the base's keys, deep-merged
+    with this file's. ``overrides`` (nested dict) are merged last.
 
     Raises:
         InputError: unreadable YAML, unknown key, wrong type, bad value or a missing data path.
@@ -165,7 +194,8 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
         raise InputError("not valid UTF-8; expected a UTF-8 YAML file", path=path) from exc
     if not isinstance(raw, dict):
         raise InputError(f"expected a mapping at the top level, found {type(raw).__name__}", path=path)
-    raw = {**raw, **(overrides or {})}
+    raw = _with_base(raw, path, seen=(path.resolve(),))
+    raw = _deep_merge(raw, overrides or {})
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
