@@ -1,0 +1,58 @@
+"""``xlpref run CONFIG.yaml``: the ICR loop with X-AlpacaEval evaluation around every iteration.
+
+Example::
+
+    xlpref run configs/demo.yaml --iterations 1
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+
+def stage_table(stages: dict[str, dict]) -> Table:
+    """Time and tokens per finished stage, in the order they ran (from the run's stages.json)."""
+    table = Table(title="Time and tokens per stage (this machine)")
+    for name in ("stage", "seconds", "records", "tokens", "tokens/s"):
+        table.add_column(name, justify="left" if name == "stage" else "right")
+    total = 0.0
+    for name, info in stages.items():
+        seconds = float(info.get("seconds", 0.0))
+        total += seconds
+        tokens = info.get("tokens")
+        records = info.get("records", info.get("pairs", info.get("items", "")))
+        rate = f"{tokens / seconds:.1f}" if tokens and seconds else ""
+        table.add_row(name, f"{seconds:.1f}", str(records), str(tokens or ""), rate)
+    table.add_row("[bold]total", f"[bold]{total:.1f}", "", "", "")
+    return table
+
+
+@click.command()
+@click.argument("config_path", type=click.Path(path_type=Path))
+@click.option("--iterations", type=click.IntRange(min=0), default=None, help="Override the config's iterations.")
+@click.option("--run-dir", "run_dir_opt", type=click.Path(path_type=Path), default=None,
+              help="Override the run directory (default: the config's, else runs/<name>).")
+@click.pass_obj
+def run(obj, config_path: Path, iterations: int | None, run_dir_opt: Path | None) -> None:
+    """Run (or resume) the ICR loop described by CONFIG_PATH and print the run's leaderboard."""
+    from harness.config import load_config
+    from harness.loop import run_icr
+    from harness.run_report import run_leaderboard
+
+    overrides = {}
+    run_dir = run_dir_opt or (obj.run_dir if obj else None)
+    if run_dir:
+        overrides["run_dir"] = str(run_dir)
+    config = load_config(config_path, overrides=overrides)
+    console = Console(stderr=True)
+    ctx = run_icr(config, iterations=iterations, console=console)
+    out = Console()
+    if config.evaluation.is_enabled:
+        for table in run_leaderboard(ctx):
+            out.print(table)
+    out.print(stage_table(ctx.store.stages()))
+    out.print(f"run directory: {ctx.store.root}")
