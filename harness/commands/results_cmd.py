@@ -1,0 +1,128 @@
+"""``xlpref leaderboard | compare | check | plot``: the results tree as tables, gates and charts.
+
+Example::
+
+    xlpref leaderboard --results-dir results --langs en,es,de,fr,ru --metric lc
+    xlpref compare paper-icr-iter0 paper-icr-iter2
+    xlpref check demo-iter1 --against demo-iter0 --tolerance 1.0 --metric lc   # exit 0 pass, 1 regressed
+    xlpref plot --run paper-icr -o results/plots
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+RESULTS_DIR = Path("results")
+
+results_dir_option = click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR,
+                                  show_default=True, help="The results tree (see harness/results.py).")
+
+
+@click.command()
+@results_dir_option
+@click.option("--langs", default=None, help="Comma-separated languages (default: those of our rows).")
+@click.option("--metric", type=click.Choice(["lc", "wr"]), default="lc", show_default=True,
+              help="Ranking metric: length-controlled win rate or win rate.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None,
+              help="Where to write the CSV (default: RESULTS_DIR/leaderboard.csv).")
+@click.option("--include-published/--no-published", default=True, show_default=True,
+              help="Show the paper's published rows (in their own tables).")
+@click.option("--width", type=int, default=None, help="Table width in characters (default: the terminal's).")
+def leaderboard(results_dir: Path, langs: str | None, metric: str, csv_path: Path | None,
+                include_published: bool, width: int | None) -> None:
+    """Regenerate RESULTS_DIR/leaderboard.csv from the stored rows and print one table per judge."""
+    from harness.leaderboard import leaderboard_frame, render_leaderboard, write_leaderboard_csv
+    from harness.results import read_judge_agreement, read_rows
+    from xlpref.errors import InputError
+    from xlpref.languages import parse_languages
+
+    rows = read_rows(results_dir, include_published=include_published)
+    if not rows:
+        raise InputError("no rows; expected row folders with row.json (see results/README.md)", path=results_dir)
+    agreements = {name: agreement for name in sorted({r.annotator for r in rows})
+                  if (agreement := read_judge_agreement(name)) is not None}
+    frame = leaderboard_frame(rows, langs=parse_languages(langs) if langs else None, metric=metric,
+                              agreements=agreements)
+    csv_path = csv_path or results_dir / "leaderboard.csv"
+    write_leaderboard_csv(frame, csv_path)
+    console = Console(width=width)
+    for table in render_leaderboard(frame, metric=metric):
+        console.print(table)
+        console.print()
+    Console(stderr=True).print(f"wrote {csv_path} ({len(frame)} rows)")
+
+
+@click.command()
+@click.argument("row_a")
+@click.argument("row_b")
+@results_dir_option
+@click.option("--langs", default=None, help="Comma-separated languages (default: those both rows have).")
+@click.option("--n-boot", type=click.IntRange(min=100), default=2000, show_default=True,
+              help="Bootstrap resamples.")
+@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True)
+@click.pass_obj
+def compare(obj, row_a: str, row_b: str, results_dir: Path, langs: str | None, n_boot: int,
+            confidence: float) -> None:
+    """Per-language B minus A: WR delta with paired bootstrap interval (significant ones marked), LC delta.
+
+    ROW_A and ROW_B are row ids (in RESULTS_DIR or RESULTS_DIR/published) or row folders.
+    """
+    from harness.comparison import compare_rows, render_comparison
+    from harness.results import resolve_row
+    from xlpref.languages import parse_languages
+
+    a, b = resolve_row(row_a, results_dir), resolve_row(row_b, results_dir)
+    frame = compare_rows(a, b, langs=parse_languages(langs) if langs else None, n_boot=n_boot,
+                         seed=obj.seed if obj else 0, confidence=confidence)
+    Console().print(render_comparison(frame))
+
+
+@click.command()
+@click.argument("run_row")
+@click.option("--against", "baseline", required=True, help="Baseline row id or folder.")
+@results_dir_option
+@click.option("--tolerance", type=float, default=1.0, show_default=True,
+              help="Allowed drop in points before a language fails.")
+@click.option("--metric", type=click.Choice(["lc", "wr"]), default="lc", show_default=True)
+@click.option("--langs", default=None, help="Languages to gate on (default: the baseline's).")
+@click.option("--fail-on-significant", is_flag=True,
+              help="Also fail a language whose WR is significantly lower (paired bootstrap).")
+@click.option("--n-boot", type=click.IntRange(min=100), default=2000, show_default=True)
+@click.pass_obj
+def check(obj, run_row: str, baseline: str, results_dir: Path, tolerance: float, metric: str, langs: str | None,
+          fail_on_significant: bool, n_boot: int) -> None:
+    """Regression gate: exit 0 when RUN_ROW holds up against the baseline, 1 when it regressed, 2 on bad input."""
+    from harness.comparison import check_regression, render_check
+    from harness.results import resolve_row
+    from xlpref.languages import parse_languages
+
+    result = check_regression(resolve_row(run_row, results_dir), resolve_row(baseline, results_dir),
+                              tolerance=tolerance, metric=metric, langs=parse_languages(langs) if langs else None,
+                              fail_on_significant=fail_on_significant, n_boot=n_boot, seed=obj.seed if obj else 0)
+    console = Console()
+    console.print(render_check(result))
+    for failure in result.failures:
+        console.print(f"[red]regressed[/] {failure}")
+    if not result.passed:
+        # SystemExit, not ctx.exit: harness.cli.main runs click with standalone_mode=False, which turns
+        # ctx.exit(1) into a return value and would lose the exit code.
+        raise SystemExit(1)
+
+
+@click.command()
+@results_dir_option
+@click.option("--run", "run_name", default=None, help="Plot only this run (default: every run).")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for the PNGs (default: RESULTS_DIR/plots).")
+@click.option("--include-published/--no-published", default=True, show_default=True)
+def plot(results_dir: Path, run_name: str | None, out_dir: Path | None, include_published: bool) -> None:
+    """PNG charts of WR and LC per language by iteration, one per run (and judge)."""
+    from harness.plots import plot_by_iteration
+    from harness.results import read_rows
+
+    rows = read_rows(results_dir, include_published=include_published)
+    for path in plot_by_iteration(rows, out_dir or results_dir / "plots", run=run_name):
+        click.echo(str(path))

@@ -1,0 +1,250 @@
+"""The leaderboard: stored rows -> one DataFrame (data) -> rich tables, one per judge (rendering).
+
+Rows are grouped by judge, ``Row.group_key`` = (published?, annotator, reference, paper table), and
+ranked only inside their group: numbers from different annotators or reference outputs are never
+ranked together, and the paper's published rows form their own groups, one per paper table.
+A row's average covers the chosen languages only when
+it has the metric for every one of them; otherwise the average is empty, the row is not ranked and
+the caption says which languages are missing.
+
+Example::
+
+    from rich.console import Console
+    from harness.leaderboard import leaderboard_frame, render_leaderboard, write_leaderboard_csv
+    from harness.results import read_rows
+    frame = leaderboard_frame(read_rows("results"), langs=["en", "es"], metric="lc")
+    write_leaderboard_csv(frame, "results/leaderboard.csv")
+    for table in render_leaderboard(frame, metric="lc"):
+        Console().print(table)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterable, Mapping, Sequence
+
+import pandas as pd
+from rich.table import Table
+from rich.text import Text
+
+from harness.results import Row
+from xlpref.errors import InputError
+from xlpref.jsonio import atomic_open
+from xlpref.languages import LANGUAGE_NAMES, check_languages
+
+# leaderboard metric -> (metrics.json value column, its standard error column)
+METRIC_COLUMNS = {"lc": ("length_controlled_winrate", "lc_standard_error"), "wr": ("win_rate", "standard_error")}
+METRIC_NAMES = {"lc": "LC", "wr": "WR"}
+_LANG_COLUMN = re.compile(r"([a-z]{2,3})_lc")
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRIC_COLUMNS:
+        raise InputError(f"unknown metric {metric!r}; expected one of {sorted(METRIC_COLUMNS)}", field="metric")
+    return metric
+
+
+def canonical_order(langs: Iterable[str]) -> list[str]:
+    """Languages in LANGUAGE_NAMES order (en, es, de, fr, ru, ...), unknown ones last, alphabetically."""
+    order = {code: i for i, code in enumerate(LANGUAGE_NAMES)}
+    return sorted(set(langs), key=lambda code: (order.get(code, len(order)), code))
+
+
+def default_languages(rows: Sequence[Row]) -> list[str]:
+    """Our rows' languages; with only published rows, the languages at least half of them have."""
+    ours = [r for r in rows if not r.is_published]
+    if ours:
+        return canonical_order(lang for r in ours for lang in r.languages)
+    counts = pd.Series([lang for r in rows for lang in r.languages], dtype=object).value_counts()
+    return canonical_order(lang for lang, n in counts.items() if 2 * n >= len(rows))
+
+
+def _value(metrics: Mapping | None, key: str) -> float:
+    value = None if metrics is None else metrics.get(key)
+    return float(value) if value is not None else math.nan
+
+
+def row_agreement(row: Row, agreements: Mapping[str, Mapping]) -> Mapping | None:
+    """The judge's agreement with GPT-4 Turbo for this row: as recorded in its metrics at evaluation,
+    else from ``agreements`` (annotators/<name>/agreement.json) unless that was measured for another config."""
+    recorded = [m["annotator_agreement"] for m in row.metrics.values()
+                if isinstance(m.get("annotator_agreement"), dict)]
+    if recorded:
+        return recorded[0]
+    measured = agreements.get(row.annotator)
+    config_hashes = {m.get("annotator_config_hash") for m in row.metrics.values()} - {None}
+    if measured is None or (measured.get("config_hash") and config_hashes
+                            and {measured["config_hash"]} != config_hashes):
+        return None
+    return measured
+
+
+def _row_record(row: Row, langs: Sequence[str], agreement: Mapping | None) -> dict:
+    record = {"row_id": row.row_id, "label": row.label, "model": row.model, "run": row.run,
+              "iteration": row.iteration, "kind": row.kind, "annotator": row.annotator,
+              "annotator_is_demo": row.annotator_is_demo,
+              "agreement_clear": _value(agreement, "agreement_clear"),
+              "agreement_all": _value(agreement, "agreement_all"),
+              "reference": row.reference, "published_table": row.published_table}
+    for lang in langs:
+        metrics = row.metrics.get(lang)
+        for metric, (value_key, se_key) in METRIC_COLUMNS.items():
+            record[f"{lang}_{metric}"] = _value(metrics, value_key)
+            record[f"{lang}_{metric}_se"] = _value(metrics, se_key)
+        record[f"{lang}_n"] = _value(metrics, "n_total")
+    for metric in METRIC_COLUMNS:
+        values = [record[f"{lang}_{metric}"] for lang in langs]
+        errors = [record[f"{lang}_{metric}_se"] for lang in langs]
+        missing = [lang for lang, v in zip(langs, values) if math.isnan(v)]
+        complete = bool(langs) and not missing
+        record[f"avg_{metric}"] = sum(values) / len(values) if complete else math.nan
+        # Languages share their instructions (translations), so this independence-based SE is approximate;
+        # `xlpref compare` gives the paired bootstrap interval instead.
+        record[f"avg_{metric}_se"] = (math.sqrt(sum(e * e for e in errors)) / len(errors)
+                                      if complete and not any(math.isnan(e) for e in errors) else math.nan)
+        record[f"avg_{metric}_missing"] = ",".join(missing)
+    for task, score in row.capabilities.items():
+        record[f"cap_{task}"] = score
+    record["source"] = row.source
+    return record
+
+
+def leaderboard_frame(rows: Sequence[Row], *, langs: Sequence[str] | None = None, metric: str = "lc",
+                      agreements: Mapping[str, Mapping] | None = None) -> pd.DataFrame:
+    """One line per row: per language lc, lc_se, wr, wr_se, n; averages; rank within its judge group.
+
+    Args:
+        langs: languages to show and average over (default: :func:`default_languages`).
+        metric: "lc" or "wr", the ranking metric.
+        agreements: {annotator: agreement.json content}, shown beside the judge's name.
+    Returns:
+        A DataFrame in deterministic order: our judge groups (by annotator, reference), then the
+        published group; inside a group by rank, then label and row id. ``group`` numbers the groups.
+    """
+    check_metric(metric)
+    langs = list(check_languages(list(langs))) if langs is not None else default_languages(rows)
+    agreements = agreements or {}
+    records = [_row_record(r, langs, row_agreement(r, agreements)) for r in rows]
+    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=["row_id", "annotator"])
+    if frame.empty:
+        frame.attrs["langs"] = langs
+        return frame
+    group_keys = [r.group_key for r in rows]
+    frame.insert(0, "group", [sorted(set(group_keys)).index(key) for key in group_keys])
+    rank = frame.groupby("group")[f"avg_{metric}"].rank(method="min", ascending=False)
+    frame.insert(1, "rank", rank.astype("Int64"))
+    frame = frame.sort_values(["group", "rank", "label", "row_id"], na_position="last", kind="stable")
+    frame = frame.reset_index(drop=True)
+    for column in ["iteration"] + [f"{lang}_n" for lang in langs]:
+        frame[column] = frame[column].astype("Int64")
+    cap_columns = sorted(c for c in frame.columns if c.startswith("cap_"))
+    frame = frame[[c for c in frame.columns if not c.startswith("cap_") and c != "source"] + cap_columns + ["source"]]
+    frame.attrs["langs"] = langs
+    return frame
+
+
+def frame_languages(frame: pd.DataFrame) -> list[str]:
+    return list(frame.attrs.get("langs") or [m.group(1) for c in frame.columns if (m := _LANG_COLUMN.fullmatch(c))])
+
+
+def value_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns where a higher number is better: per-language and average LC / WR, capability scores."""
+    langs = frame_languages(frame)
+    columns = [f"{lang}_{m}" for lang in langs for m in METRIC_COLUMNS] + [f"avg_{m}" for m in METRIC_COLUMNS]
+    return [c for c in columns if c in frame.columns] + [c for c in frame.columns if c.startswith("cap_")]
+
+
+def best_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """True where a value is the best of its column within its judge group (ties all marked).
+
+    A column with fewer than two values in a group marks nothing: there is nothing to be best against.
+    """
+    best = pd.DataFrame(False, index=frame.index, columns=value_columns(frame))
+    for _, group in frame.groupby("group"):
+        for column in best.columns:
+            values = group[column].astype(float)
+            if values.notna().sum() >= 2:
+                best.loc[group.index, column] = values == values.max()
+    return best
+
+
+def write_leaderboard_csv(frame: pd.DataFrame, path) -> None:
+    """The frame as CSV (4 decimals), written atomically; same rows in, same bytes out."""
+    with atomic_open(path) as handle:
+        frame.to_csv(handle, index=False, float_format="%.4f", lineterminator="\n")
+
+
+# -- rendering -------------------------------------------------------------------------------------
+
+def _cell(value: float, se: float, is_best: bool) -> Text:
+    if math.isnan(value):
+        return Text("—", style="dim")
+    text = f"{value:.2f}" + (f"±{se:.2f}" if not math.isnan(se) else "") + ("*" if is_best else "")
+    return Text(text, style="bold" if is_best else "")
+
+
+def _judge_caption(first: pd.Series) -> str:
+    judge = f"annotator: {first['annotator']}"
+    if first["annotator_is_demo"]:
+        if math.isnan(first["agreement_clear"]):
+            judge += " (demo judge: mechanics only; agreement with GPT-4 Turbo not measured)"
+        else:
+            judge += (f" (demo judge: mechanics only; agreement with GPT-4 Turbo {100 * first['agreement_clear']:.1f}%"
+                      f" on clear cases, {100 * first['agreement_all']:.1f}% on all)")
+    elif not math.isnan(first["agreement_clear"]):
+        judge += f" (agreement with GPT-4 Turbo {100 * first['agreement_clear']:.1f}% on clear cases)"
+    return f"{judge} | reference outputs: {first['reference']}"
+
+
+def render_leaderboard(frame: pd.DataFrame, *, metric: str = "lc") -> list[Table]:
+    """One rich table per judge group; each row shows the ranking metric, then the other one.
+
+    Cells read ``value±standard error``; ``*`` and bold mark the best of a column within the table.
+    """
+    check_metric(metric)
+    langs = frame_languages(frame)
+    other = next(m for m in METRIC_COLUMNS if m != metric)
+    best = best_cells(frame)
+    n_groups = frame["group"].nunique() if not frame.empty else 0
+    tables = []
+    for group_id, group in frame.groupby("group", sort=True):
+        first = group.iloc[0]
+        # A language nobody in this table has (e.g. bn for the main setting) would be an empty column.
+        shown = [lang for lang in langs if group[[f"{lang}_lc", f"{lang}_wr"]].notna().any().any()] or langs
+        caps = [c for c in frame.columns if c.startswith("cap_") and group[c].notna().any()]
+        title = ("Published" + (f": {first['published_table']}" if first["published_table"] else "")
+                 + " (the paper's numbers, not re-measured)" if first["kind"] == "published" else "X-AlpacaEval")
+        title += f" — table {group_id + 1} of {n_groups}" if n_groups > 1 else ""
+        caption = [_judge_caption(first),
+                   f"ranked by average {METRIC_NAMES[metric]} over {', '.join(langs)}, within this table only · "
+                   "* best in column · ± standard error (of the average: languages taken as independent)"]
+        unranked = [f"{row['label']} (no {METRIC_NAMES[metric]} for {row[f'avg_{metric}_missing']})"
+                    for _, row in group.iterrows() if pd.isna(row["rank"])]
+        if unranked:
+            caption.append("not ranked, the average needs every language: " + "; ".join(unranked))
+        if n_groups > 1:
+            caption.append("rows of other judges, references or paper tables: other tables, not ranked against these")
+        # min_width keeps the caption (judge, reference, ranking rule) readable under a narrow table.
+        table = Table(title=title, caption="\n".join(caption), caption_justify="left", min_width=100)
+        for name, justify in [("#", "right"), ("model / row id", "left"), ("", "left")]:
+            table.add_column(name, justify=justify, overflow="fold")
+        for lang in shown:
+            table.add_column(lang, justify="right", no_wrap=True)
+        table.add_column("avg", justify="right", no_wrap=True)
+        for column in caps:
+            table.add_column(column.removeprefix("cap_"), justify="right", no_wrap=True)
+        for index, row in group.iterrows():
+            for line, m in enumerate((metric, other)):
+                cells = [_cell(row[f"{lang}_{m}"], row[f"{lang}_{m}_se"], bool(best.at[index, f"{lang}_{m}"]))
+                         for lang in shown]
+                cells.append(_cell(row[f"avg_{m}"], row[f"avg_{m}_se"], bool(best.at[index, f"avg_{m}"])))
+                if line == 0:
+                    head = ["" if pd.isna(row["rank"]) else str(row["rank"]), row["label"]]
+                    cells += [_cell(row[c], math.nan, bool(best.at[index, c])) for c in caps]
+                else:
+                    head = ["", Text(row["row_id"] if row["row_id"] != row["label"] else "", style="dim")]
+                    cells += [Text("") for _ in caps]
+                table.add_row(*head, METRIC_NAMES[m], *cells, end_section=line == 1)
+        tables.append(table)
+    return tables
