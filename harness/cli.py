@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
                   for a in (argv if argv is not None else sys.argv[1:]))
     try:
-        cli.main(args=argv, prog_name="xlpref", standalone_mode=False)
+        # standalone_mode=False returns the code of ctx.exit(n) instead of raising it.
+        code = cli.main(args=argv, prog_name="xlpref", standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
