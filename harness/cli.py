@@ -42,7 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("harness.commands.results_cmd:plot", "PNG charts of WR and LC by iteration."),
     "run": ("harness.commands.run_cmd:run", "Run the ICR loop with evaluation around every iteration."),
     "compare-baselines": ("harness.commands.run_cmd:compare_baselines", "Run ICR, LIDR, English-only; one table."),
-    "eval": ("harness.commands.eval_cmd:eval_suite", "Capability suites (lm-eval) on a model."),
+    "eval": ("harness.commands.capability_cmd:eval_suite", "Capability suites (lm-eval) on a model."),
     "bench": ("harness.commands.bench_cmd:bench", "Performance benchmarks against naive baselines."),
 }
 
