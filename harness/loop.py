@@ -112,9 +112,9 @@ def _record_results(ctx: RunContext, t: int, policy: str, eval_dir: Path, judge:
     """Write this iteration's evaluation as a results row (in the run, and in results_dir if set)."""
     from harness.results import record_run_iteration
 
-    meta = {"model": policy, "annotator": judge.name, "annotator_is_demo": judge.is_demo,
-            "reference": Path(ctx.config.data.reference_outputs).name,
-            "source": f"xlpref run (config {ctx.config.name})"}
+    # annotator and reference come from the metrics themselves (the judge and generator_1 named there).
+    meta = {"model": policy, "annotator_is_demo": judge.is_demo,
+            "source": f"xlpref run {ctx.config.name} (config saved in the run's manifest)"}
     per_lang = {lang: eval_dir / lang for lang in ctx.config.languages}
     record_run_iteration(ctx.store.path("results"), ctx.config.name, t, per_lang, meta)
     if ctx.config.evaluation.results_dir:
@@ -211,7 +211,8 @@ def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str
 
 def run_iteration(ctx: RunContext, t: int, policy: str) -> str:
     """One ICR iteration, top to bottom: evaluate pi_t, sample, score + pairs, train -> pi_{t+1}."""
-    evaluate_policy(ctx, t, policy)
+    if ctx.config.evaluation.is_enabled:
+        evaluate_policy(ctx, t, policy)
     samples = sample_responses(ctx, t, policy)
     pairs = build_preference_pairs(ctx, t, policy, samples)
     return train_policy(ctx, t, policy, pairs)

@@ -1,0 +1,46 @@
+"""The run's own leaderboard: iterations x languages (LC and WR), and deltas against iteration 0.
+
+Built only from the run's stored rows (``RUN/results/<run>-iter<t>``), so it is regenerated, never
+edited. Deltas carry paired bootstrap intervals over the instructions both iterations answered.
+
+Example::
+
+    from harness.run_report import run_leaderboard
+    for table in run_leaderboard(ctx):  # ctx from harness.loop.run_icr
+        console.print(table)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from harness.comparison import compare_rows, render_comparison
+from harness.leaderboard import leaderboard_frame, render_leaderboard, write_leaderboard_csv
+from harness.results import read_rows
+
+
+def run_leaderboard(ctx: Any) -> list[Table]:
+    """Tables for a finished run; also writes RUN/leaderboard.csv and RUN/deltas.csv."""
+    rows = sorted(read_rows(ctx.store.path("results"), include_published=False), key=lambda r: r.iteration)
+    if not rows:
+        return []
+    langs = list(ctx.config.languages)
+    frame = leaderboard_frame(rows, langs=langs, metric="lc")
+    write_leaderboard_csv(frame, ctx.store.path("leaderboard.csv"))
+    tables = render_leaderboard(frame, metric="lc")
+    base = rows[0]
+    deltas = []
+    for row in rows[1:]:
+        comparison = compare_rows(base, row, langs=langs, n_boot=ctx.config.evaluation.n_bootstrap,
+                                  seed=ctx.config.seed)
+        deltas.append(comparison.assign(row_a=base.row_id, row_b=row.row_id))
+        tables.append(render_comparison(comparison))
+    if deltas:
+        import pandas as pd
+
+        from xlpref.jsonio import write_text_atomic
+
+        write_text_atomic(ctx.store.path("deltas.csv"), pd.concat(deltas).to_csv(index=False))
+    return tables
