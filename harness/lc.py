@@ -1,0 +1,327 @@
+"""AlpacaEval annotations in, AlpacaEval 2's length-controlled win rate (LC) out.
+
+Why by hand: alpaca-eval's ``get_length_controlled_winrate`` downloads its inputs at run time
+(``df_gamed.csv`` from the hub: the gamed baselines' annotations and the instruction-difficulty
+table). Here the same features are built from local files and the fit is alpaca-eval's own
+(``make_dmatrix_for_model``, ``fit_LogisticRegressionCV``, ``GLM_INFO`` formulas), so the numbers are
+alpaca-eval's; ``tests/test_metrics.py`` checks equality with ``get_length_controlled_winrate``
+itself served local files in place of its downloads.
+
+The GLM (``length_controlled_v1``), fitted per model on its annotations against the reference::
+
+    logit P(model wins) = a * tanh(std_delta_len) + b * instruction_difficulty + c * not_gamed_baseline
+
+``std_delta_len = (len(output_1) - len(output_2)) / std`` over this model's annotations (output_1 is
+the reference, output_2 the model; characters). LC = 100 * mean over instructions of the prediction
+at ``std_delta_len = 0``; ``lc_standard_error`` = 100 * sem of those predictions. Row index for the
+difficulty = position in the 805-instruction order: ``id - 1`` when records carry an X-AlpacaEval
+``id``, else the record's position (what alpaca-eval does). Rows of gamed baselines (the reference
+made verbose / concise, ``not_gamed_baseline = 0``) regularise the fit with total weight 0.2 when
+given; without them there is no regularisation (``length_controlled_noreg``), and the output says so.
+
+Example::
+
+    from xlpref.jsonio import read_json
+    from harness.lc import length_controlled_winrate, load_instruction_difficulty
+    difficulty = load_instruction_difficulty("../shared/data/alpaca_eval_lc/instruction_difficulty.csv")
+    print(length_controlled_winrate(read_json("annotations.json"), instruction_difficulty=difficulty))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from xlpref.errors import InputError
+from xlpref.jsonio import read_json, read_jsonl, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+#: alpaca-eval's weight, in total, of the gamed baselines' rows (``GLM_INFO["length_controlled_v1"]``).
+GAMED_BASELINE_LAMBDA = 0.2
+#: Cross-validation folds of alpaca-eval's fit; fewer annotations than this cannot be fitted.
+N_SPLITS = 5
+DIFFICULTY_LABELS = ("official-csv", "fitted", "none")
+
+Annotations = Sequence[Mapping[str, Any]] | pd.DataFrame
+
+
+# -- annotations ------------------------------------------------------------------------------
+
+def annotations_frame(annotations: Annotations, *, path: str | Path | None = None,
+                      require_outputs: bool = True) -> pd.DataFrame:
+    """Validate AlpacaEval annotations (``preference`` in [1, 2], 2 = output_2 wins) into a DataFrame.
+
+    Raises:
+        InputError: not a list of objects, a missing field, a preference that is not a finite number in
+            [1, 2], an output that is not a string, a bad or duplicate ``id``; names the record.
+    """
+    if isinstance(annotations, pd.DataFrame):
+        records = annotations.to_dict("records")
+    elif isinstance(annotations, (list, tuple)):
+        records = list(annotations)
+    else:
+        raise InputError(f"expected a JSON list of annotation records, found {type(annotations).__name__}",
+                         path=path)
+    if not records:
+        raise InputError("no annotations; expected at least one record", path=path)
+    fields = ("preference", "output_1", "output_2") if require_outputs else ("preference",)
+    has_id = any(isinstance(r, Mapping) and r.get("id") is not None for r in records)
+    seen_ids: dict[int, int] = {}
+    for number, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise InputError(f"expected an object, found {type(record).__name__}", path=path, record=number)
+        for name in fields:
+            if name not in record:
+                raise InputError("missing field; expected it in every annotation", path=path, record=number,
+                                 field=name)
+        value = record["preference"]
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value) \
+                or not 1 <= value <= 2:
+            raise InputError(f"expected a number in [1, 2] (2 = output_2 wins), found {value!r}", path=path,
+                             record=number, field="preference")
+        for name in ("output_1", "output_2"):
+            if name in record and not isinstance(record[name], str):
+                raise InputError(f"expected a string, found {type(record[name]).__name__}", path=path,
+                                 record=number, field=name)
+        if has_id:
+            raw_id = record.get("id")
+            if isinstance(raw_id, bool) or not isinstance(raw_id, (int, np.integer)) or raw_id < 1:
+                raise InputError(f"expected a positive integer id in every record, found {raw_id!r}", path=path,
+                                 record=number, field="id")
+            if int(raw_id) in seen_ids:
+                raise InputError(f"duplicate id {raw_id} (first at record {seen_ids[int(raw_id)]})", path=path,
+                                 record=number, field="id")
+            seen_ids[int(raw_id)] = number
+    frame = pd.DataFrame.from_records(records)
+    frame["preference"] = frame["preference"].astype(float)
+    return frame
+
+
+def load_annotations(path: str | Path) -> pd.DataFrame:
+    """Read and validate an AlpacaEval ``annotations.json`` (a JSON list; ``.jsonl`` also read)."""
+    path = Path(path)
+    data = read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
+    return annotations_frame(data, path=path)
+
+
+def instruction_index(frame: pd.DataFrame) -> np.ndarray:
+    """Row -> position in the instruction order: ``id - 1`` with ids, else the record's position."""
+    if "id" in frame.columns:
+        return frame["id"].astype(int).to_numpy() - 1
+    return np.arange(len(frame))
+
+
+def assign_ids_by_instruction(frame: pd.DataFrame, instructions: Sequence[Mapping[str, Any]], *,
+                              path: str | Path | None = None) -> pd.DataFrame:
+    """Give records without ``id`` the id of their instruction text in ``instructions`` ({id, instruction})."""
+    if "id" in frame.columns:
+        return frame
+    by_text = {item["instruction"]: item["id"] for item in instructions}
+    ids = frame["instruction"].map(by_text) if "instruction" in frame.columns else None
+    if ids is None or ids.isna().any():
+        number = 0 if ids is None else int(np.flatnonzero(ids.isna().to_numpy())[0])
+        raise InputError("instruction not found in the instruction list; expected one of its texts", path=path,
+                         record=number, field="instruction")
+    return frame.assign(id=ids.astype(int))
+
+
+# -- instruction difficulty ---------------------------------------------------------------------
+
+def load_instruction_difficulty(csv_path: str | Path) -> pd.Series:
+    """Read ``index,instruction_difficulty`` (index = position in the instruction order).
+
+    Labelled ``"fitted"`` when ``xlpref difficulty`` wrote it (its ``.provenance.json`` lies beside
+    it), else ``"official-csv"`` (the table AlpacaEval's ``length_controlled_v1`` uses).
+
+    Raises:
+        InputError: missing file, other columns, a non-integer or duplicate index, a non-finite value.
+    """
+    path = Path(csv_path)
+    if not path.is_file():
+        raise InputError("file not found; expected a CSV with columns index,instruction_difficulty", path=path)
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"not a readable CSV ({exc})", path=path) from exc
+    if list(table.columns) != ["index", "instruction_difficulty"]:
+        raise InputError(f"expected columns index,instruction_difficulty, found {','.join(map(str, table.columns))}",
+                         path=path)
+    index = pd.to_numeric(table["index"], errors="coerce")
+    values = pd.to_numeric(table["instruction_difficulty"], errors="coerce")
+    for name, column in (("index", index), ("instruction_difficulty", values)):
+        bad = ~np.isfinite(column.to_numpy(dtype=float))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(f"expected a finite number, found {table[name].iloc[row]!r}", path=path,
+                             line=row + 2, field=name)
+    if (index % 1 != 0).any() or (index < 0).any() or index.duplicated().any():
+        raise InputError("expected unique non-negative integer indices", path=path, field="index")
+    difficulty = pd.Series(values.to_numpy(dtype=float), index=pd.Index(index.astype(int), name="index"),
+                           name="instruction_difficulty").sort_index()
+    difficulty.attrs["lc_difficulty"] = "fitted" if _provenance_path(path).is_file() else "official-csv"
+    return difficulty
+
+
+def write_instruction_difficulty(difficulty: pd.Series, csv_path: str | Path, provenance: Mapping[str, Any]) -> None:
+    """Write ``index,instruction_difficulty`` and a ``.provenance.json`` beside it (marks it fitted)."""
+    path = Path(csv_path)
+    table = difficulty.rename("instruction_difficulty").rename_axis("index").to_frame()
+    write_text_atomic(path, table.to_csv(float_format="%.17g"))
+    write_json_atomic(_provenance_path(path), {"lc_difficulty": "fitted", **provenance})
+
+
+def _provenance_path(csv_path: Path) -> Path:
+    return csv_path.with_name(csv_path.name + ".provenance.json")
+
+
+def fit_instruction_difficulty(annotations_by_model: Mapping[str, Annotations], *,
+                               n_splits: int = N_SPLITS) -> pd.Series:
+    """Fit a per-instruction effect jointly over several models' annotations, as AlpacaEval derived its table.
+
+    The joint GLM of alpaca-eval's ``notebooks/instruction_difficulty.ipynb``: every model has its own
+    bias and its own slope on ``tanh(std_delta_len)`` (std over that model's annotations), every
+    instruction an effect ``C(index)``; fitted with alpaca-eval's ``fit_LogisticRegressionCV`` (L1,
+    5-fold CV over the penalty, soft labels). The instruction effects are the difficulty; the first
+    instruction is the reference level (0), as in AlpacaEval's table. Differences from the notebook:
+    no gamed-baseline term (no gamed annotations here) and no 1e-4 random jitter on lengths.
+
+    Raises:
+        InputError: fewer than two models, or a model's annotations are invalid.
+    """
+    from alpaca_eval.metrics.glm_winrate import fit_LogisticRegressionCV, make_dmatrix_for_model
+
+    if len(annotations_by_model) < 2:
+        raise InputError(f"need annotations of at least two models, found {len(annotations_by_model)}")
+    parts = []
+    for model, records in annotations_by_model.items():
+        frame = annotations_frame(records, path=model)
+        parts.append(_featurize(frame, None).assign(model=str(model), index=instruction_index(frame)))
+    data = pd.concat(parts, ignore_index=True)
+    formula = "C(model):np.tanh(std_delta_len) + C(model) + C(index) - 1"
+    train, _ = make_dmatrix_for_model(data, data.head(1), formula=formula)
+    with _quiet_sklearn():
+        fitted = fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True, n_splits=n_splits)
+    weights = pd.Series(fitted.coef_[0], index=fitted.feature_names_in_)
+    effects = {int(name.split("[T.")[-1].rstrip("]")): w for name, w in weights.items() if name.startswith("C(index)")}
+    difficulty = pd.Series({i: effects.get(i, 0.0) for i in sorted(data["index"].unique())}, dtype=float,
+                           name="instruction_difficulty")
+    difficulty.index.name = "index"
+    difficulty.attrs.update(lc_difficulty="fitted", formula=formula, glm_C=float(fitted.C_[0]))
+    return difficulty
+
+
+@contextlib.contextmanager
+def _quiet_sklearn() -> Iterator[None]:
+    """Silence scikit-learn's FutureWarnings about alpaca-eval's (still valid) LogisticRegressionCV arguments."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+# -- the GLM ------------------------------------------------------------------------------------
+
+def _featurize(frame: pd.DataFrame, difficulty: pd.Series | None) -> pd.DataFrame:
+    """alpaca-eval's ``_get_featurized_data`` step 2, from a validated frame of one model."""
+    delta_len = frame["output_1"].str.len() - frame["output_2"].str.len()
+    std = delta_len.std()
+    features = pd.DataFrame({
+        "preference": frame["preference"].to_numpy() - 1,  # in [0, 1]: P(output_2 wins)
+        # equal lengths everywhere: no length signal, tanh(0) = 0 (alpaca-eval would divide by zero)
+        "std_delta_len": (delta_len / std).to_numpy() if std > 0 else np.zeros(len(frame)),
+        "not_gamed_baseline": True,
+    })
+    if difficulty is not None:
+        index = instruction_index(frame)
+        missing = ~np.isin(index, difficulty.index)
+        if missing.any():
+            row = int(np.flatnonzero(missing)[0])
+            raise InputError(f"instruction index {index[row]} is not in the difficulty table "
+                             f"({difficulty.index.min()}..{difficulty.index.max()})", record=row)
+        features["instruction_difficulty"] = difficulty.loc[index].to_numpy()
+    return features
+
+
+def _gamed_features(gamed: Annotations, difficulty: pd.Series | None) -> list[pd.DataFrame]:
+    frame = annotations_frame(gamed, path="gamed annotations")
+    groups = frame.groupby("generator_2", sort=False) if "generator_2" in frame.columns else [("gamed", frame)]
+    return [_featurize(part.reset_index(drop=True), difficulty).assign(not_gamed_baseline=False)
+            for _, part in groups]
+
+
+def length_controlled_winrate(annotations: Annotations, *, instruction_difficulty: pd.Series | None = None,
+                              gamed_annotations: Annotations | None = None,
+                              regularize_to_baseline_lambda: float = GAMED_BASELINE_LAMBDA,
+                              n_splits: int = N_SPLITS) -> dict[str, Any]:
+    """AlpacaEval 2's length-controlled win rate of output_2 against output_1, fitted offline.
+
+    Args:
+        instruction_difficulty: index -> difficulty (:func:`load_instruction_difficulty`,
+            :func:`fit_instruction_difficulty`); ``None`` drops the term (``lc_difficulty: "none"``).
+        gamed_annotations: annotations of gamed baselines against the same reference (a
+            ``generator_2`` per baseline); they regularise the fit with total weight
+            ``regularize_to_baseline_lambda`` shared between the baselines (alpaca-eval: 0.2 for its
+            two). ``None``: no regularisation (``lc_gamed_regularisation: false``).
+
+    Returns:
+        ``length_controlled_winrate``, ``lc_standard_error`` (percent), ``lc_difficulty``,
+        ``lc_gamed_regularisation``, ``lc_glm_weights`` (the fitted coefficients).
+    """
+    from alpaca_eval.metrics.glm_winrate import (GLM_INFO, fit_LogisticRegressionCV, get_is_extreme_changes,
+                                                 make_dmatrix_for_model)
+
+    frame = annotations_frame(annotations)
+    if len(frame) < n_splits:
+        raise InputError(f"{len(frame)} annotations; the length-controlled GLM needs at least {n_splits} "
+                         f"(alpaca-eval's {n_splits}-fold cross-validation)")
+    label = "none" if instruction_difficulty is None else instruction_difficulty.attrs.get("lc_difficulty",
+                                                                                              "official-csv")
+    if instruction_difficulty is not None and "id" not in frame.columns and len(frame) != len(instruction_difficulty):
+        log.warning("annotations have no id: rows are indexed by position (as alpaca-eval does), but there are %d "
+                    "rows for %d difficulties; positions may not match instructions", len(frame),
+                    len(instruction_difficulty))
+    formula = GLM_INFO["length_controlled_v1" if instruction_difficulty is not None else
+                       "length_controlled_minimal"]["formula"]
+    result: dict[str, Any] = {"lc_difficulty": label, "lc_gamed_regularisation": gamed_annotations is not None}
+
+    generators = (set(frame["generator_1"]), set(frame["generator_2"])) if {"generator_1", "generator_2"} <= set(
+        frame.columns) else (None, None)
+    if generators[0] is not None and len(generators[0]) == 1 and generators[0] == generators[1]:
+        # the reference against itself: 0.5 by construction, as in alpaca-eval
+        predicted = np.full(len(frame), 0.5)
+        result["lc_glm_weights"] = {}
+    else:
+        model_rows = _featurize(frame, instruction_difficulty)
+        test = model_rows.drop(columns="preference").assign(std_delta_len=0.0)
+        if gamed_annotations is None:
+            train_rows, sample_weight = model_rows, None
+        else:
+            gamed_parts = _gamed_features(gamed_annotations, instruction_difficulty)
+            # gamed rows first, as alpaca-eval concatenates them (fold assignment follows row order)
+            train_rows = pd.concat([*gamed_parts, model_rows], axis=0)
+            per_gamed = regularize_to_baseline_lambda / len(gamed_parts)
+            sample_weight = pd.Series(np.where(train_rows["not_gamed_baseline"], 1.0, per_gamed),
+                                      index=train_rows.index)
+        train, test_matrix = make_dmatrix_for_model(train_rows, test, formula=formula)
+        with _quiet_sklearn():
+            fitted = fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True,
+                                              sample_weight=sample_weight, n_splits=n_splits)
+        predicted = fitted.predict_proba(test_matrix)[:, 1]
+        result["lc_glm_weights"] = {name: float(w) for name, w in zip(test_matrix.columns, fitted.coef_[0])}
+
+    result["length_controlled_winrate"] = float(predicted.mean() * 100)
+    sem = pd.Series(predicted).sem() * 100
+    result["lc_standard_error"] = float(sem) if math.isfinite(sem) else None
+    win_rate = (frame["preference"].mean() - 1) * 100
+    if get_is_extreme_changes(win_rate, result["length_controlled_winrate"]):
+        log.warning("length-controlled win rate %.1f%% is very different from the raw %.1f%%: the GLM may have "
+                    "failed", result["length_controlled_winrate"], win_rate)
+    return result
