@@ -192,6 +192,7 @@ class RunStore:
         """Write (or update) the manifest; the first creation time is kept across resumes."""
         previous = self.read_manifest() or {}
         manifest = {
+            **previous,  # keeps extras written by earlier calls (e.g. annotator) across resumes
             "config": config,
             "config_hash": config_hash(config),
             "git_revision": git_revision(),
@@ -200,7 +201,6 @@ class RunStore:
                      "python": platform.python_version(), "cpus": os.cpu_count()},
             "created": previous.get("created", now_iso()),
             "updated": now_iso(),
-            **previous.get("extra", {}),
             **extra,
         }
         if previous and previous.get("config_hash") != manifest["config_hash"]:

@@ -28,11 +28,12 @@ from typing import Any, Iterable
 
 from xlpref.errors import InputError
 from xlpref.jsonio import iter_jsonl, read_json
-from xlpref.languages import LANGUAGE_NAMES, check_languages
+from xlpref.languages import LANGUAGE_NAMES
 
 #: The hub copy of the original X-AlpacaEval release (en, zh, ko, it, es), pinned.
 HUB_DATASET = "zhihz0535/X-AlpacaEval"
-HUB_REVISION = "main"  # pin a commit sha here when mirroring; recorded in every manifest
+#: Commit "Upload 5 files" (the data files; later commits only edit the README).
+HUB_REVISION = "03d79e702ac75fc1c7a1fe773b1c168653193c69"
 HUB_FILES = {"en": "english.json", "zh": "chinese.json", "ko": "korean.json", "it": "italian.json",
              "es": "spanish.json"}
 #: The largest instruction accepted (characters); longer ones are almost surely a broken file.
@@ -96,8 +97,9 @@ def _require_field(obj: dict, name: str, *, path: Path, record: int | None = Non
 
 
 def _lang_file(folder: Path, lang: str, suffix: str) -> Path:
-    check_languages([lang])
     path = folder / f"{lang}{suffix}"
+    if lang not in LANGUAGE_NAMES:
+        raise InputError(f"unknown language code '{lang}'; expected one of {sorted(LANGUAGE_NAMES)}", path=path)
     if not path.exists():
         raise InputError(f"file not found; expected {lang}{suffix} for language '{lang}'", path=path)
     return path
@@ -187,9 +189,12 @@ def load_reference_outputs(path: str | Path, instructions: list[Instruction]) ->
             raise InputError(f"expected an object, found {type(obj).__name__}", path=path, record=index)
         if not isinstance(_require_field(obj, "output", path=path, record=index), str):
             raise InputError("expected a string", path=path, record=index, field="output")
-        _require_field(obj, "instruction", path=path, record=index)
+        if not isinstance(_require_field(obj, "instruction", path=path, record=index), str):
+            raise InputError("expected a string", path=path, record=index, field="instruction")
+        if "id" in obj and (isinstance(obj["id"], bool) or not isinstance(obj["id"], int)):
+            raise InputError(f"expected an integer id, found {obj['id']!r}", path=path, record=index, field="id")
     wanted = [ins.id for ins in instructions]
-    if all("id" in obj for obj in data):
+    if data and all("id" in obj for obj in data):
         by_id: dict[int, dict] = {}
         for index, obj in enumerate(data):
             if obj["id"] in by_id:
@@ -295,27 +300,36 @@ def load_preference_pairs(path: str | Path) -> list[PreferencePair]:
 
 # -- the hub path (real users) ---------------------------------------------------------------------
 
-def download_x_alpacaeval(target: str | Path, langs: Iterable[str] = tuple(HUB_FILES)) -> Path:
+def download_x_alpacaeval(target: str | Path, langs: Iterable[str] = tuple(HUB_FILES),
+                          *, revision: str = HUB_REVISION) -> Path:
     """Fetch the original X-AlpacaEval release from the hub into ``target/{lang}.json``.
 
-    Needs network access; offline (``HF_HUB_OFFLINE=1``) it raises a clear error.
+    All files are downloaded and validated (fields, unique ids, one id set) before any is written,
+    and each is copied byte for byte (so its sha256 can be checked against benchmark.yaml).
+    Needs network access; offline (``HF_HUB_OFFLINE=1``) it raises a clear error and writes nothing.
     """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    from xlpref.jsonio import write_json_atomic
+    from xlpref.jsonio import atomic_open
 
     target = Path(target)
+    langs = list(langs)
     for lang in langs:
         if lang not in HUB_FILES:
             raise InputError(f"language '{lang}' is not in the hub release; expected one of {sorted(HUB_FILES)}")
+    fetched: dict[str, Path] = {}
+    for lang in langs:
         try:
-            local = hf_hub_download(HUB_DATASET, HUB_FILES[lang], repo_type="dataset", revision=HUB_REVISION)
-        except (OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
-            raise InputError(f"cannot download {HUB_DATASET}/{HUB_FILES[lang]} (offline?): use --data-dir with "
-                             "a local copy") from exc
-        records = read_json(local)
-        write_json_atomic(target / f"{lang}.json", [
-            {"id": r.get("id", i + 1), "dataset": r.get("dataset", ""), "instruction": r["instruction"]}
-            for i, r in enumerate(records)])
+            fetched[lang] = Path(hf_hub_download(HUB_DATASET, HUB_FILES[lang], repo_type="dataset",
+                                                 revision=revision))
+        except (OfflineModeIsEnabled, LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+            raise InputError(f"cannot download {HUB_DATASET}/{HUB_FILES[lang]} at revision {revision} "
+                             f"({type(exc).__name__}); expected network access to the hub, or use a local "
+                             "copy with --data-dir") from exc
+    by_lang = {lang: load_instruction_file(path, lang) for lang, path in fetched.items()}
+    _check_same_ids(by_lang, target, key=lambda r: r.id, suffix=".json")
+    for lang, path in fetched.items():
+        with atomic_open(target / f"{lang}.json", "wb") as handle:
+            handle.write(path.read_bytes())
     return target

@@ -156,7 +156,7 @@ def build_tiny_model(spec: str, *, seed: int = 0) -> tuple[Any, Any]:
 def prepare_tiny(spec: str) -> Path:
     """Save a tiny random model to the cache (same weights every time) and return its folder."""
     target = cache_dir() / "models" / spec
-    if (target / "model.safetensors").exists():
+    if _verify_folder(target):
         return target
     model, tokenizer = build_tiny_model(spec)
     _save_folder(model, tokenizer, target)
@@ -190,23 +190,55 @@ def _save_folder(model: Any, tokenizer: Any, target: Path, extra_meta: dict | No
     tokenizer.save_pretrained(tmp)
     weights = sorted(tmp.glob("*.safetensors"))
     meta = {"conversion_version": _CONVERSION_VERSION,
-            "weights_sha256": {w.name: _sha256(w) for w in weights}, **(extra_meta or {})}
+            "weights_sha256": {w.name: _sha256(w) for w in weights},
+            "file_sizes": _file_sizes(tmp), **(extra_meta or {})}
     (tmp / "xlpref_model.json").write_text(json.dumps(meta, indent=2))
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
 
 
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != "xlpref_model.json"}
+
+
 def _verify_folder(target: Path) -> bool:
+    """Whether ``target`` holds a complete prepared model (cheap: file sizes, not hashes).
+
+    A truncated or missing file fails the size check. Folders written before sizes were recorded
+    are verified once by their weights' sha256 (a few seconds), then their sizes are recorded.
+    """
     meta_path = target / "xlpref_model.json"
     if not meta_path.exists():
         return False
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
     if meta.get("conversion_version") != _CONVERSION_VERSION:
         return False
     shas = meta.get("weights_sha256") or {}
-    # Size check is instant; the full hash runs when the cache is first written.
-    return bool(shas) and all((target / name).exists() for name in shas)
+    if not shas or not all((target / name).is_file() for name in shas):
+        return False
+    sizes = meta.get("file_sizes")
+    if sizes:
+        return all((target / name).is_file() and (target / name).stat().st_size == size
+                   for name, size in sizes.items())
+    if any(_sha256(target / name) != sha for name, sha in shas.items()):
+        return False
+    meta["file_sizes"] = _file_sizes(target)
+    tmp = meta_path.with_name(meta_path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, meta_path)
+    return True
+
+
+def is_prepared(spec: str) -> bool:
+    """Whether a built-in spec's cached folder exists and passes the size check."""
+    if spec not in BUILTIN_SPECS:
+        raise InputError(f"unknown built-in model '{spec}'; expected one of {list(BUILTIN_SPECS)}")
+    return _verify_folder(cache_dir() / "models" / spec)
 
 
 def prepare_gemma(progress: Callable[[str, float], None] | None = None, *, force: bool = False) -> PreparedModel:
