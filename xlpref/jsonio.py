@@ -57,12 +57,15 @@ def read_json(path: str | Path) -> Any:
         raise InputError(str(exc), path=path) from exc
 
 
-def iter_jsonl(path: str | Path, *, allow_truncated_tail: bool = False) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: str | Path, *, allow_truncated_tail: bool = False,
+               allow_non_finite: bool = False) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-empty line of a JSONL file.
 
     Args:
         allow_truncated_tail: tolerate an unterminated, unparsable last line (the trace of a crash
             while appending); the run store uses this to resume. Users' input files never do.
+        allow_non_finite: read NaN / Infinity as floats, for callers that check their fields and name
+            the offending one (e.g. a NaN reward).
     """
     path = Path(path)
     text = _read_text(path)
@@ -71,7 +74,7 @@ def iter_jsonl(path: str | Path, *, allow_truncated_tail: bool = False) -> Itera
         if not line.strip():
             continue
         try:
-            obj = json.loads(line, parse_constant=_reject_constant)
+            obj = json.loads(line, parse_constant=float if allow_non_finite else _reject_constant)
         except (json.JSONDecodeError, ValueError) as exc:
             is_last = number == len(lines) and not text.endswith("\n")
             if allow_truncated_tail and is_last:

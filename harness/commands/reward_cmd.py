@@ -1,0 +1,129 @@
+"""``xlpref score`` (implicit reward of sampled responses) and ``xlpref pairs`` (preference pairs).
+
+``score`` is resumable: records are appended to ``SCORED.partial.jsonl`` as they are scored and
+``SCORED.jsonl`` appears atomically at the end; rerunning the same command after a crash scores only
+what is missing. ``pairs`` writes ``PAIRS.jsonl`` and ``PAIRS.summary.json`` atomically and prints the
+summary per language.
+
+Example::
+
+    xlpref score --policy tiny-random-llama --reference ref_folder/ --reward cross-lingual samples.jsonl -o scored.jsonl
+    xlpref pairs scored.jsonl -o pairs.jsonl --alpha-step 0.001
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+REWARD_NAMES = ("cross-lingual", "multilingual", "translate-to-english")
+
+
+def score_table(records: list[dict]) -> Table:
+    """Responses, mean reward and mean scored tokens per language."""
+    by_lang: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_lang[record["lang"]].append(record)
+    table = Table(title=f"implicit reward ({records[0]['reward_type']})" if records else "implicit reward")
+    for name in ("lang", "responses", "mean reward", "min", "max", "mean tokens"):
+        table.add_column(name, justify="left" if name == "lang" else "right")
+    for lang, rows in by_lang.items():
+        rewards = [r["reward"] for r in rows]
+        table.add_row(lang, str(len(rows)), f"{sum(rewards) / len(rows):.3f}", f"{min(rewards):.3f}",
+                      f"{max(rewards):.3f}", f"{sum(r['n_response_tokens'] for r in rows) / len(rows):.1f}")
+    return table
+
+
+@click.command()
+@click.argument("samples_path", metavar="SAMPLES.jsonl", type=click.Path(path_type=Path))
+@click.option("--policy", required=True, help="pi_dpo: model spec, folder or hub id.")
+@click.option("--reference", required=True, help="pi_ref: model spec, folder or hub id (same tokenizer).")
+@click.option("--reward", type=click.Choice(REWARD_NAMES), default="cross-lingual", show_default=True,
+              help="What a response is conditioned on.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="SCORED.jsonl to write.")
+@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Padded tokens (prompt included) per forward pass.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Translation length limit (translate-to-english only).")
+@click.pass_obj
+def score(obj, samples_path: Path, policy: str, reference: str, reward: str, output: Path, max_batch_tokens: int,
+          max_new_tokens: int) -> None:
+    """Score each response of SAMPLES.jsonl with the implicit reward log pi_policy - log pi_reference."""
+    from harness.store import RecordLog
+    from xlpref.errors import InputError
+    from xlpref.jsonio import iter_jsonl
+    from xlpref.models import load_model
+    from xlpref.reward import (
+        SCORE_KEY,
+        TranslateToEnglishReward,
+        check_same_tokenizer,
+        check_sample_record,
+        make_reward_function,
+        score_records,
+    )
+
+    if output.resolve() == samples_path.resolve():
+        raise InputError("output is the input file; expected another path", path=output)
+    reward_fn = make_reward_function(reward)
+    if isinstance(reward_fn, TranslateToEnglishReward):
+        reward_fn.max_new_tokens = max_new_tokens
+    records = []
+    for line, record in iter_jsonl(samples_path):
+        check_sample_record(record, reward_fn, path=samples_path, line=line)
+        records.append(record)
+    if not records:
+        raise InputError("no records; expected one sample record per line", path=samples_path)
+    policy_model, tokenizer = load_model(policy)
+    if reference == policy:
+        reference_model = policy_model  # the same model: every reward is 0
+    else:
+        reference_model, reference_tokenizer = load_model(reference)
+        check_same_tokenizer(tokenizer, reference_tokenizer)
+    log = RecordLog(output, SCORE_KEY)
+    scored = score_records(records, policy_model, reference_model, tokenizer, reward_fn, log=log,
+                           max_batch_tokens=max_batch_tokens)
+    console = Console()
+    console.print(score_table(scored))
+    console.print(f"wrote {len(scored)} scored records to {output}")
+
+
+def summary_path(pairs_path: Path) -> Path:
+    """``PAIRS.jsonl`` -> ``PAIRS.summary.json`` beside it."""
+    return pairs_path.with_name(pairs_path.stem + ".summary.json")
+
+
+@click.command()
+@click.argument("scored_path", metavar="SCORED.jsonl", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="PAIRS.jsonl to write.")
+@click.option("--no-length-control", is_flag=True, help="alpha = 0: chosen/rejected by raw reward.")
+@click.option("--alpha-step", type=float, default=0.001, show_default=True, help="Step of the alpha grid on [0, 1).")
+@click.option("--upper-bound", type=float, default=None,
+              help="Candidates scoring at or above it cannot be chosen.")
+@click.pass_obj
+def pairs(obj, scored_path: Path, output: Path, no_length_control: bool, alpha_step: float,
+          upper_bound: float | None) -> None:
+    """One (chosen, rejected) pair per prompt and language from SCORED.jsonl, length-controlled per language."""
+    from xlpref.errors import InputError
+    from xlpref.jsonio import iter_jsonl, write_json_atomic, write_jsonl_atomic
+    from xlpref.pairs import build_pairs, check_scored_record, render_pairs_summary
+
+    if output.resolve() == scored_path.resolve():
+        raise InputError("output is the input file; expected another path", path=output)
+    records = []
+    # NaN / Infinity are read so that the error can name the field ('reward') and its line.
+    for line, record in iter_jsonl(scored_path, allow_non_finite=True):
+        check_scored_record(record, path=scored_path, line=line)
+        records.append(record)
+    if not records:
+        raise InputError("no records; expected one scored record per line", path=scored_path)
+    result = build_pairs(records, length_control=not no_length_control, alpha_step=alpha_step,
+                         upper_bound=upper_bound, source=str(scored_path))
+    write_jsonl_atomic(output, result.pairs)
+    write_json_atomic(summary_path(output), result.summary)
+    console = Console()
+    console.print(render_pairs_summary(result.summary))
+    console.print(f"wrote {len(result.pairs)} pairs to {output} and the summary to {summary_path(output)}")
