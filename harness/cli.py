@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("harness.commands.results_cmd:check", "Regression gate: exit 0 or 1."),
     "plot": ("harness.commands.results_cmd:plot", "PNG charts of WR and LC by iteration."),
     "run": ("harness.commands.run_cmd:run", "Run the ICR loop with evaluation around every iteration."),
-    "compare-baselines": ("harness.commands.run_cmd:compare_baselines", "Run ICR, LIDR, English-only; one table."),
+    "compare-baselines": ("harness.commands.baselines_cmd:compare_baselines", "Run ICR, LIDR, English-only; one table."),
     "eval": ("harness.commands.capability_cmd:eval_suite", "Capability suites (lm-eval) on a model."),
     "bench": ("harness.commands.bench_cmd:bench", "Performance benchmarks against naive baselines."),
 }
@@ -116,14 +116,19 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as exc:
         if verbose:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(str(exc))}", err=True)
         sys.exit(2)
     except OSError as exc:
         if verbose:
             raise
-        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        click.echo(f"error: {where}{_one_line(exc.strerror or str(exc))}", err=True)
         sys.exit(2)
+
+
+def _one_line(message: str) -> str:
+    # Library messages wrapped into an InputError can span lines; the user gets one.
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 if __name__ == "__main__":
