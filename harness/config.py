@@ -97,10 +97,15 @@ class EvaluationConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     n_bootstrap: int = Field(2000, ge=100)
     results_dir: Optional[Path] = Field(None, description="also record each iteration under this results folder")
+    capability_tasks: list[str] = Field(default_factory=list,
+                                        description="lm-eval tasks run on every iteration's model ('recommended' = per language set)")
+    capability_include_path: Optional[Path] = Field(None, description="folder of local lm-eval task YAML")
+    capability_limit: Optional[int] = Field(None, ge=1, description="documents per lm-eval task")
 
 
 class RunConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    # A plain folder name (runs/<name>, results/<name>-iter<t>): no '/', and no leading '.' (so no '..').
+    name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
     description: str = ""
     run_dir: Optional[Path] = Field(None, description="default: runs/<name>")
     seed: int = 42
@@ -172,6 +177,18 @@ def _with_base(raw: dict, path: Path, seen: tuple[Path, ...]) -> dict:
     return _deep_merge(_with_base(base, base_path, (*seen, base_path)), raw)
 
 
+def _check_judge(evaluation: EvaluationConfig, path: Path) -> None:
+    """Resolve the judge now (unknown judge or option fails before any work; an ``api_key`` option is refused:
+    keys come only from the environment variable the judge config names)."""
+    from harness.judges import load_judge_config
+
+    try:
+        load_judge_config(evaluation.judge, **evaluation.judge_options)
+    except InputError as exc:
+        raise InputError(exc.message, path=path, field="evaluation.judge_options" if evaluation.judge_options
+                         else "evaluation.judge") from None
+
+
 def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read, validate and resolve a run config; relative paths are taken from the working directory.
 
@@ -218,6 +235,10 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
         value = getattr(resolved_data, name)
         if value is not None and not value.exists():
             raise InputError(f"path does not exist: {value}", path=path, field=f"data.{name}")
+    if config.evaluation.is_enabled:
+        _check_judge(config.evaluation, path)
     run_dir = _absolute(config.run_dir, base) or (base / "runs" / config.name)
-    evaluation = config.evaluation.model_copy(update={"results_dir": _absolute(config.evaluation.results_dir, base)})
+    evaluation = config.evaluation.model_copy(update={
+        "results_dir": _absolute(config.evaluation.results_dir, base),
+        "capability_include_path": _absolute(config.evaluation.capability_include_path, base)})
     return config.model_copy(update={"data": resolved_data, "run_dir": run_dir, "evaluation": evaluation})

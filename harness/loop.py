@@ -116,9 +116,19 @@ def _record_results(ctx: RunContext, t: int, policy: str, eval_dir: Path, judge:
     meta = {"model": policy, "annotator_is_demo": judge.is_demo,
             "source": f"xlpref run {ctx.config.name} (config saved in the run's manifest)"}
     per_lang = {lang: eval_dir / lang for lang in ctx.config.languages}
-    record_run_iteration(ctx.store.path("results"), ctx.config.name, t, per_lang, meta)
+    row_dirs = [record_run_iteration(ctx.store.path("results"), ctx.config.name, t, per_lang, meta)]
     if ctx.config.evaluation.results_dir:
-        record_run_iteration(ctx.config.evaluation.results_dir, ctx.config.name, t, per_lang, meta)
+        row_dirs.append(record_run_iteration(ctx.config.evaluation.results_dir, ctx.config.name, t, per_lang, meta))
+    cfg = ctx.config.evaluation
+    if cfg.capability_tasks:
+        from harness.capabilities import RECOMMENDED, record_capabilities, recommended_tasks, run_capability_suite
+
+        tasks = [task for name in cfg.capability_tasks
+                 for task in (recommended_tasks(ctx.config.languages) if name == RECOMMENDED else [name])]
+        scores = run_capability_suite(policy, tasks, include_path=cfg.capability_include_path,
+                                      limit=cfg.capability_limit, seed=ctx.config.seed)
+        for row_dir in row_dirs:
+            record_capabilities(row_dir, scores)
 
 
 def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
@@ -222,9 +232,10 @@ def run_icr(config: RunConfig, *, iterations: int | None = None, console: Consol
     """Run (or resume) the whole loop and end with the run's leaderboard."""
     console = console or Console(stderr=True)
     iterations = config.iterations if iterations is None else iterations
+    # Data first: bad data fails before the run directory is created.
+    prompts, instructions, references = load_run_data(config)
     store = RunStore(config.run_dir)
     store.write_manifest(config.resolved(), reward_pair=config.models.reward_pair, iterations=iterations)
-    prompts, instructions, references = load_run_data(config)
     ctx = RunContext(config, store, console, prompts, instructions, references)
     policy = config.models.policy
     for t in range(iterations):
