@@ -108,18 +108,32 @@ def dumps(obj: Any, *, indent: int | None = None) -> str:
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside ``path``; rename it into place only on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the folder {exc.filename or path.parent} ({exc.strerror}); "
+                      "expected a writable folder, nothing was written", str(path)) from exc
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _not_written(exc, path) from exc
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. ENOSPC from write or fsync
+            raise _not_written(exc, path) from exc
         raise
+
+
+def _not_written(exc: OSError, path: Path) -> OSError:
+    """The same error (same errno, so the same subclass) naming the target file, not a temp file."""
+    return OSError(exc.errno, f"{exc.strerror or exc}; nothing was written", str(path))
 
 
 def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:

@@ -40,12 +40,15 @@ def check_languages(codes: list[str]) -> list[str]:
     return codes
 
 
-def parse_languages(text: str) -> list[str]:
-    """Parse ``"en,es"`` into validated codes."""
+def parse_languages(text: str, *, option: str = "--langs") -> list[str]:
+    """Parse ``"en,es"`` (the value of the CLI ``option``) into validated codes."""
     codes = [c.strip() for c in text.split(",") if c.strip()]
     if not codes:
-        raise InputError("expected a comma-separated list of language codes, e.g. en,es")
-    return check_languages(codes)
+        raise InputError("expected a comma-separated list of language codes, e.g. en,es", field=option)
+    try:
+        return check_languages(codes)
+    except InputError as exc:
+        raise InputError(exc.message, field=option) from None
 
 
 def cross_lingual_instruction(english_instruction: str, lang: str) -> str:

@@ -10,7 +10,10 @@ Specs:
 
 Base models without a chat template get :data:`PLAIN_CHAT_TEMPLATE`, a documented plain turn
 template (``User: ...\\n\\nAssistant: ``). Device and dtype: CPU fp32 by default, CUDA + bf16 when a
-GPU is available. ``trust_remote_code`` is off unless the caller sets it explicitly.
+GPU is available. ``trust_remote_code`` is off unless the caller sets it explicitly. Weights are read
+as safetensors: a local folder holding only pickled ``*.bin`` weights is refused unless the caller
+passes ``allow_pickle_weights=True`` (then transformers reads them with ``torch.load(weights_only=True)``,
+as it does for a hub repository without safetensors).
 
 Example::
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass
@@ -316,36 +320,56 @@ def _adapter_base(path: str) -> str | None:
     return None
 
 
+def _use_safetensors(path: str, allow_pickle_weights: bool) -> bool | None:
+    """``use_safetensors`` for ``from_pretrained``: True for a local folder, None (prefer them) for a hub id."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    if any(folder.glob("*.safetensors")) or not any(folder.glob("*.bin")):
+        return True
+    if not allow_pickle_weights:
+        raise InputError("model folder holds only pickled *.bin weights; expected *.safetensors (re-save with "
+                         "save_pretrained(safe_serialization=True)), or load_model(..., allow_pickle_weights=True)",
+                         path=folder)
+    return False
+
+
 def load_model(
     spec: str,
     *,
     device: str | None = None,
     dtype: Any = None,
     trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for a spec; eval mode, on ``device`` in ``dtype``.
 
     A folder holding only a LoRA adapter (``adapter_config.json``) is loaded on its base and merged.
 
     Raises:
-        InputError: unknown spec, a folder that is not a model, or a hub id while offline.
+        InputError: unknown spec, a folder that is not a model, a folder with only pickled weights
+            (without ``allow_pickle_weights``), or a hub id while offline.
     """
+    path = resolve_model_path(spec)  # an unknown spec fails before torch and transformers are imported
     from transformers import AutoModelForCausalLM
 
     device = device or default_device()
     dtype = dtype if dtype is not None else default_dtype(device)
-    path = resolve_model_path(spec)
     tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
     base = _adapter_base(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(base or path, dtype=dtype,
-                                                     trust_remote_code=trust_remote_code, use_safetensors=None)
+        model = AutoModelForCausalLM.from_pretrained(
+            base or path, dtype=dtype, trust_remote_code=trust_remote_code, weights_only=True,
+            use_safetensors=_use_safetensors(base or path, allow_pickle_weights))
         if base:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
     except OSError as exc:
         raise InputError(f"cannot load model '{spec}': {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        raise InputError(f"cannot load model '{spec}': its pickled weights hold objects other than tensors, which "
+                         "torch.load(weights_only=True) refuses; expected safetensors weights") from exc
     model.to(device)
     model.eval()
     if model.generation_config.pad_token_id is None:
