@@ -33,7 +33,6 @@ class ModelsConfig(_Strict):
     reward_pair: Literal["original", "current"] = Field(
         "original",
         description="reward at t >= 1: 'original' = (pi_0, pi_ref); 'current' = (pi_t, pi_ref)")
-    trust_remote_code: bool = False
 
 
 class DataConfig(_Strict):
