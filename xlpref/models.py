@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import pickle
 import shutil
 import time
@@ -157,12 +158,27 @@ def build_tiny_model(spec: str, *, seed: int = 0) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+_TINY_SEEDED = re.compile(r"^(?P<base>tiny-random-(?:llama|gemma3))(?:-seed(?P<seed>\d+))?$")
+
+
+def is_tiny_spec(spec: str) -> bool:
+    """``tiny-random-llama``, ``tiny-random-gemma3``, or either with ``-seed<N>`` (other random weights)."""
+    return bool(_TINY_SEEDED.match(spec))
+
+
 def prepare_tiny(spec: str) -> Path:
-    """Save a tiny random model to the cache (same weights every time) and return its folder."""
+    """Save a tiny random model to the cache (same weights every time) and return its folder.
+
+    ``tiny-random-llama-seed1`` has the same architecture and tokenizer as ``tiny-random-llama``
+    but other weights: tests use such pairs as policy and reference.
+    """
+    match = _TINY_SEEDED.match(spec)
+    if match is None:
+        raise InputError(f"unknown tiny model '{spec}'; expected one of {list(TINY_SPECS)} (optionally -seed<N>)")
     target = cache_dir() / "models" / spec
     if _verify_folder(target):
         return target
-    model, tokenizer = build_tiny_model(spec)
+    model, tokenizer = build_tiny_model(match["base"], seed=int(match["seed"] or 0))
     _save_folder(model, tokenizer, target)
     return target
 
@@ -285,7 +301,7 @@ def resolve_model_path(spec: str) -> str:
     """A loadable path or hub id for ``spec`` (built-in specs are prepared on first use)."""
     if spec == GEMMA_SPEC:
         return str(prepare_gemma().path)
-    if spec in TINY_SPECS:
+    if is_tiny_spec(spec):
         return str(prepare_tiny(spec))
     path = Path(spec).expanduser()
     if path.exists():
