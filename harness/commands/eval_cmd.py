@@ -1,0 +1,268 @@
+"""``xlpref generate``, ``xlpref evaluate``, ``xlpref judge-agreement``: X-AlpacaEval outputs, judging, judges.
+
+Example::
+
+    xlpref generate --model tiny-random-llama --langs en,es --mini --max-new-tokens 32 -o out/tiny
+    xlpref evaluate out/tiny --judge local_hf_logprob --judge-option model=tiny-random-llama --mini
+    xlpref evaluate my_outputs/es.json --langs es --judge weighted_gpt4_turbo_multilingual   # bring your own
+    xlpref judge-agreement --judge local_hf_logprob --n 10 --models vicuna-7b,gpt4_0613_concise
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from xlpref.errors import InputError
+
+
+def _data_dir(data_dir: Path | None, mini: bool) -> Path:
+    from xlpref.data import MINI_DIR, default_data_dir
+
+    if mini and data_dir is not None:
+        raise click.UsageError("pass either --data-dir or --mini, not both")
+    folder = MINI_DIR if mini else (data_dir or default_data_dir())
+    if not (folder / "x_alpacaeval" / "instructions").is_dir():
+        raise InputError("no x_alpacaeval/instructions folder; expected the data layout of ../shared/data (pass "
+                         "--data-dir DIR, set XLPREF_DATA_DIR, or use --mini)", path=folder)
+    return folder
+
+
+def _judge_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    from harness.judges import parse_option_value
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"got {pair!r}; expected KEY=VALUE, e.g. model=tiny-random-llama", field="--judge-option")
+        options[key.strip()] = parse_option_value(value)
+    return options
+
+
+def _judge_caption(judge: Any, agreement: dict | None) -> str:
+    caption = f"judge {judge.name}"
+    if judge.is_demo:
+        caption += " [DEMO judge: mechanics only, not quality]"
+    if agreement and agreement.get("agreement_clear") is not None:
+        caption += (f"; agreement with GPT-4 Turbo {100 * agreement['agreement_clear']:.1f}% on "
+                    f"{agreement['n_clear']} clear pairs")
+    else:
+        caption += "; agreement with GPT-4 Turbo not measured for this config"
+    return caption
+
+
+# -- generate -------------------------------------------------------------------------------------
+
+@click.command()
+@click.option("--model", required=True, help="Model spec: a folder, a hub id, gemma-3-270m, tiny-random-llama.")
+@click.option("--langs", required=True, help="Comma-separated language codes, e.g. en,es.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for {lang}/model_outputs.json (resumable).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Data folder (default: shared data).")
+@click.option("--mini", is_flag=True, help="Use the bundled demo set (benchmarks/x_alpacaeval/mini).")
+@click.option("--limit", type=int, default=None, help="Only the first N instructions of each language.")
+@click.option("--generator", default=None, help="Name in the outputs' 'generator' field (default: the model's).")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
+@click.option("--temperature", type=float, default=None, help="Default: the benchmark's 0.6.")
+@click.option("--top-p", type=float, default=None, help="Default: the benchmark's 0.9.")
+@click.option("--max-new-tokens", type=int, default=None, help="Default: the benchmark's 2048.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Prompts per batch.")
+@click.pass_obj
+def generate(obj: Any, model: str, langs: str, out_dir: Path, data_dir: Path | None, mini: bool, limit: int | None,
+             generator: str | None, backend: str, temperature: float | None, top_p: float | None,
+             max_new_tokens: int | None, batch_size: int) -> None:
+    """Answer every X-AlpacaEval instruction of LANGS once; write AlpacaEval model_outputs.json per language."""
+    from harness.outputs import evaluation_params, generate_outputs
+    from xlpref.data import load_instructions
+    from xlpref.languages import parse_languages
+
+    if limit is not None and limit < 1:
+        raise InputError(f"got {limit}; expected an integer >= 1", field="--limit")
+    overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p),
+                                   ("max_new_tokens", max_new_tokens)) if v is not None}
+    params = evaluation_params(seed=obj.seed if obj is not None else 42, batch_size=batch_size, **overrides)
+    folder = _data_dir(data_dir, mini) / "x_alpacaeval" / "instructions"
+    instructions = {lang: rows[:limit] for lang, rows in load_instructions(folder, parse_languages(langs)).items()}
+    generator = generator or Path(model).name
+    start = time.perf_counter()
+    paths = generate_outputs(model, instructions, out_dir, generator=generator, backend=backend, params=params)
+    console = Console(stderr=True)
+    for lang, path in paths.items():
+        console.print(f"{lang}: {len(instructions[lang])} outputs -> {path}")
+    console.print(f"decoding: temperature {params.temperature}, top_p {params.top_p}, max_new_tokens "
+                  f"{params.max_new_tokens}, seed {params.seed}; {time.perf_counter() - start:.1f} s")
+
+
+# -- evaluate -------------------------------------------------------------------------------------
+
+def _outputs_by_lang(outputs: Path, langs: list[str] | None) -> dict[str, Path]:
+    from xlpref.languages import LANGUAGE_NAMES
+
+    if outputs.is_file():
+        lang = langs[0] if langs and len(langs) == 1 else (outputs.parent.name if not langs else None)
+        if lang not in LANGUAGE_NAMES:
+            raise InputError("cannot tell the language of this outputs file; expected --langs with one code",
+                             path=outputs)
+        return {lang: outputs}
+    if not outputs.is_dir():
+        raise InputError("not found; expected a folder of {lang}/model_outputs.json or a model_outputs.json file",
+                         path=outputs)
+    found = {p.parent.name: p for p in sorted(outputs.glob("*/model_outputs.json")) if p.parent.name in LANGUAGE_NAMES}
+    if langs:
+        missing = [lang for lang in langs if lang not in found]
+        if missing:
+            raise InputError(f"no model_outputs.json for {missing}; expected {outputs}/<lang>/model_outputs.json",
+                             path=outputs)
+        return {lang: found[lang] for lang in langs}
+    if not found:
+        raise InputError("no <lang>/model_outputs.json inside; expected the layout `xlpref generate` writes",
+                         path=outputs)
+    return found
+
+
+def _reference_generator(data_dir: Path, requested: str | None, lang: str) -> str:
+    from benchmarks.x_alpacaeval import load_benchmark
+    from xlpref.data import reference_generators
+
+    available = reference_generators(data_dir)
+    if requested:
+        if lang not in available.get(requested, []):
+            raise InputError(f"no reference outputs of {requested!r} for {lang}; available: {available}",
+                             path=data_dir / "x_alpacaeval" / "reference_outputs")
+        return requested
+    default = load_benchmark().reference_generator
+    if lang in available.get(default, []):
+        return default
+    candidates = [gen for gen, langs in available.items() if lang in langs]
+    if len(candidates) == 1:  # e.g. the mini set's own reference
+        return candidates[0]
+    raise InputError(f"no reference outputs of {default!r} for {lang}; expected --reference, one of {candidates}",
+                     path=data_dir / "x_alpacaeval" / "reference_outputs")
+
+
+def summary_table(metrics: dict[str, dict], caption: str) -> Table:
+    """One line per language: n, win rate +- SE, LC, average length, unparsed."""
+    table = Table(title="X-AlpacaEval", caption=caption)
+    for name in ("lang", "n", "win rate", "LC win rate", "avg length", "unparsed"):
+        table.add_column(name, justify="left" if name == "lang" else "right")
+
+    def number(value: Any, se: Any = None) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        return f"{value:.2f}" + (f" ± {se:.2f}" if isinstance(se, (int, float)) else "")
+
+    for lang, m in metrics.items():
+        table.add_row(lang, str(m.get("n_total", "-")), number(m.get("win_rate"), m.get("standard_error")),
+                      number(m.get("length_controlled_winrate")), str(m.get("avg_length", "-")),
+                      str(m.get("n_unparsed", 0)))
+    return table
+
+
+@click.command()
+@click.argument("outputs", type=click.Path(path_type=Path))
+@click.option("--judge", "judge_name", required=True,
+              help="Judge config name or folder (benchmarks/x_alpacaeval/annotators).")
+@click.option("--judge-option", "judge_option", multiple=True,
+              help="KEY=VALUE judge override, e.g. model=... (repeatable).")
+@click.option("--reference", default=None,
+              help="Reference generator (default: the benchmark's, gpt-4-turbo-2024-04-09).")
+@click.option("--langs", default=None, help="Comma-separated language codes (default: every language found).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Data folder (default: shared data).")
+@click.option("--mini", is_flag=True, help="Use the bundled demo set's instructions and reference outputs.")
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for {lang}/annotations.json and metrics.json (default: OUTPUTS/{lang}/<judge>/).")
+@click.option("--instruction-difficulty", type=click.Path(path_type=Path), default=None,
+              help="CSV index,instruction_difficulty for LC (default: DATA/alpaca_eval_lc/instruction_difficulty.csv "
+                   "when present).")
+@click.option("--switch-seed", type=int, default=0, show_default=True, help="Seed of the output-order switch "
+              "(AlpacaEval's is 0).")
+@click.pass_obj
+def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, ...], reference: str | None,
+             langs: str | None, data_dir: Path | None, mini: bool, out_dir: Path | None,
+             instruction_difficulty: Path | None, switch_seed: int) -> None:
+    """Judge OUTPUTS (a folder of {lang}/model_outputs.json, or one file) against reference outputs."""
+    from harness.evaluation import evaluate_outputs
+    from harness.judges import load_judge, read_agreement
+    from harness.outputs import load_model_outputs
+    from xlpref.data import load_instructions, load_reference_outputs
+    from xlpref.languages import parse_languages
+
+    files = _outputs_by_lang(outputs, parse_languages(langs) if langs else None)
+    for path in files.values():  # bad files fail before any judge loads
+        load_model_outputs(path)
+    folder = _data_dir(data_dir, mini)
+    judge = load_judge(judge_name, **_judge_options(judge_option))
+    default_difficulty = folder / "alpaca_eval_lc" / "instruction_difficulty.csv"
+    difficulty = instruction_difficulty or (default_difficulty if default_difficulty.is_file() else None)
+    console = Console(stderr=True)
+    metrics = {}
+    for lang, path in files.items():
+        instructions = load_instructions(folder / "x_alpacaeval" / "instructions", [lang])[lang]
+        generator = _reference_generator(folder, reference, lang)
+        refs = load_reference_outputs(folder / "x_alpacaeval" / "reference_outputs" / generator / f"{lang}.json",
+                                      instructions)
+        target = out_dir / lang if out_dir is not None else path.parent / judge.name
+        metrics[lang] = evaluate_outputs(path, refs, judge, target, instruction_difficulty=difficulty,
+                                         seed=switch_seed)
+        console.print(f"{lang}: {target / 'annotations.json'}, {target / 'metrics.json'}")
+    calls = judge.counters
+    caption = (_judge_caption(judge, read_agreement(judge)) + f"; reference {next(iter(metrics.values()))['reference']}"
+               f"; {calls['calls']} judge calls, ${calls['cost_usd']:.4f}")
+    Console().print(summary_table(metrics, caption))
+
+
+# -- judge agreement ------------------------------------------------------------------------------
+
+@click.command("judge-agreement")
+@click.option("--judge", "judge_name", required=True, help="Judge config name or folder.")
+@click.option("--judge-option", "judge_option", multiple=True, help="KEY=VALUE judge override (repeatable).")
+@click.option("--n", "n", type=int, default=40, show_default=True, help="Instructions per model (the same for all).")
+@click.option("--models", default=None, help="Comma-separated models (default: every <model>.json found).")
+@click.option("--annotations-dir", type=click.Path(path_type=Path), default=None,
+              help="AlpacaEval 2 annotations as <model>.json (default: DATA/alpaca_eval_annotations).")
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None,
+              help="Where to write the result (default: benchmarks/x_alpacaeval/annotators/<judge>/agreement.json).")
+@click.pass_obj
+def judge_agreement(obj: Any, judge_name: str, judge_option: tuple[str, ...], n: int, models: str | None,
+                    annotations_dir: Path | None, output: Path | None) -> None:
+    """Measure a judge against GPT-4 Turbo's real AlpacaEval 2 annotations."""
+    import shlex
+
+    from harness.judge_agreement import measure_agreement
+    from harness.judges import agreement_path, load_judge
+    from harness.store import now_iso
+    from xlpref.data import default_data_dir
+    from xlpref.jsonio import dumps, write_json_atomic
+
+    if n < 1:
+        raise InputError(f"got {n}; expected an integer >= 1", field="--n")
+    judge = load_judge(judge_name, **_judge_options(judge_option))
+    seed = obj.seed if obj is not None else 42
+    run_root = (obj.run_dir if obj is not None and obj.run_dir else Path("runs") / "judge_agreement")
+    result = measure_agreement(judge, annotations_dir or default_data_dir() / "alpaca_eval_annotations", n=n,
+                               models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
+                               seed=seed, cache_path=run_root / judge.name / "judge_cache.jsonl")
+    words = ["xlpref", "--seed", str(seed), "judge-agreement", "--judge", judge_name, "--n", str(n)]
+    words += [w for option in judge_option for w in ("--judge-option", option)]
+    words += ["--models", models] if models else []
+    result["command"] = " ".join(shlex.quote(w) for w in words)
+    result["measured_at"] = now_iso()
+    target = output or agreement_path(judge.name)
+    write_json_atomic(target, result)
+    table = Table(title=f"{judge.name} vs GPT-4 Turbo (AlpacaEval 2 annotations)",
+                  caption="DEMO judge: mechanics, not quality" if judge.is_demo else None)
+    for name in ("model", "n", "WR judge", "WR GPT-4 Turbo"):
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for m in result["models"]:
+        table.add_row(m["model"], str(m["n"]), *(f"{m[k]:.1f}" if m[k] is not None else "-"
+                                                 for k in ("win_rate_judge", "win_rate_gpt4_turbo")))
+    Console().print(table)
+    click.echo(dumps({k: v for k, v in result.items() if k != "models"}, indent=2))
+    Console(stderr=True).print(f"wrote {target}")

@@ -1,0 +1,256 @@
+"""Judge a model's outputs against reference outputs, AlpacaEval's way, and write annotations and metrics.
+
+For each instruction (aligned by ``id``, or by instruction text when the outputs carry no ids) the
+pair (output_1 = reference, output_2 = model) is shown to the judge in an order randomised per
+example exactly as AlpacaEval does (alpaca-eval's ``RandomSwitchTwoColumnsProcessor``, seeded by the
+instruction text and ``seed``; AlpacaEval's default seed is 0), and the judge's preference is mapped
+back (``3 - p`` when switched). Identical outputs get 1.5 without a judge call, as in AlpacaEval.
+Pairs the judge answered with neither token are left out of the annotations, as AlpacaEval does, and
+counted (``n_unparsed``).
+
+The judge's answers are cached in an append-only JSONL file, one line per answer, flushed as each
+chunk of pairs is judged, keyed by ``sha256(judge config hash, instruction, shown output_1, shown
+output_2)``: re-evaluating unchanged outputs makes no judge call, and a run stopped midway (a server
+that died) resumes where it stopped.
+
+Example::
+
+    from harness.evaluation import evaluate_outputs
+    from harness.judges import load_judge
+    from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs
+    judge = load_judge("local_hf_logprob", model="tiny-random-llama")
+    instructions = load_instructions(MINI_DIR / "x_alpacaeval" / "instructions", ["es"])["es"]
+    refs = load_reference_outputs(MINI_DIR / "x_alpacaeval/reference_outputs/gpt-4-turbo-2024-04-09/es.json",
+                                  instructions)
+    print(evaluate_outputs("out/es/model_outputs.json", refs, judge, "out/es/local_hf_logprob"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from harness.judges import Judge, JudgeItem, Judgement, alpaca_eval_modules, read_agreement
+from harness.outputs import load_model_outputs
+from xlpref.errors import InputError
+from xlpref.jsonio import dumps, iter_jsonl, write_json_atomic, write_jsonl_atomic
+
+log = logging.getLogger(__name__)
+
+#: AlpacaEval's name for the column saying the judge saw the outputs in swapped order.
+SWITCH_COLUMN = "is_switched_outputs"
+
+
+def annotation_key(config_hash: str, instruction: str, output_1: str, output_2: str) -> str:
+    """The cache key of one judge question: the judge config and the pair as shown."""
+    text = json.dumps([config_hash, instruction, output_1, output_2], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class AnnotationCache:
+    """Judge answers by :func:`annotation_key`, in an append-only JSONL file (in memory when ``path`` is None)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._answers: dict[str, dict] = {}
+        if self.path is not None and self.path.exists():
+            for _, record in iter_jsonl(self.path, allow_truncated_tail=True):
+                if "key" not in record:
+                    raise InputError("cache record without 'key'; expected a judge cache file", path=self.path)
+                self._answers[record["key"]] = record
+            if not self.path.read_bytes().endswith(b"\n") and self.path.stat().st_size:
+                write_jsonl_atomic(self.path, self._answers.values())  # drop a line torn by a crash
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._answers
+
+    def __getitem__(self, key: str) -> dict:
+        return self._answers[key]
+
+    def add(self, records: Sequence[dict]) -> None:
+        """Keep ``records`` (each with ``key``); on disk they are flushed and fsynced before returning."""
+        for record in records:
+            self._answers[record["key"]] = record
+        if self.path is None or not records:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write("".join(dumps(r) + "\n" for r in records))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def align_outputs(model_outputs: Sequence[dict], reference_outputs: Sequence[dict]) -> list[tuple[dict, dict]]:
+    """(model record, reference record) per model output, by ``id`` or else by instruction text.
+
+    Raises:
+        InputError: a model output without a reference, or an instruction text that differs from the
+            reference's for the same id (e.g. outputs of another language).
+    """
+    refs_by_id = {ref["id"]: ref for ref in reference_outputs if "id" in ref}
+    refs_by_text = {ref["instruction"].strip(): ref for ref in reference_outputs}
+    has_ids = [("id" in rec) for rec in model_outputs]
+    if any(has_ids) and not all(has_ids):
+        raise InputError("some model outputs have an 'id' and some do not; expected all or none", field="id")
+    pairs = []
+    for index, record in enumerate(model_outputs):
+        if "id" in record:
+            ref = refs_by_id.get(record["id"])
+            if ref is None:
+                raise InputError(f"no reference output for id {record['id']!r}; expected ids of the reference "
+                                 "outputs", record=index, field="id")
+            if ref["instruction"].strip() != record["instruction"].strip():
+                raise InputError(f"instruction differs from the reference's for id {record['id']!r}; expected "
+                                 "outputs for the same instructions (same language)", record=index,
+                                 field="instruction")
+        else:
+            ref = refs_by_text.get(record["instruction"].strip())
+            if ref is None:
+                raise InputError("instruction not found among the reference outputs; expected the same "
+                                 "instructions (or an 'id' field)", record=index, field="instruction")
+        pairs.append((record, ref))
+    return pairs
+
+
+def _switch(frame: Any, seed: int) -> tuple[Any, Any]:
+    """alpaca-eval's order randomisation: (processor, frame with outputs in shown order + switch column)."""
+    def swap_preference(df: Any) -> Any:
+        if df.empty or "preference" not in df.columns:
+            return df
+        df = df.copy()
+        df["preference"] = df["preference"].apply(lambda p: 3 - p)
+        return df
+
+    processor = alpaca_eval_modules().processors.RandomSwitchTwoColumnsProcessor(
+        two_columns_to_switch=["output_1", "output_2"], fn_replace_if_switch=swap_preference,
+        random_seed_columns=["instruction"], _switch_column=SWITCH_COLUMN, seed=seed)
+    return processor, processor.preprocess(frame)
+
+
+def _judge(judge: Judge, items: list[JudgeItem]) -> list[Judgement]:
+    if hasattr(judge, "judgements"):
+        return judge.judgements(items)
+    return [Judgement(p) for p in judge.preferences(items)]
+
+
+def annotate(model_outputs: list[dict], reference_outputs: list[dict], judge: Judge, *,
+             cache_path: str | Path | None, seed: int = 0, progress: bool = True,
+             chunk_size: int | None = None) -> list[dict]:
+    """AlpacaEval annotations of ``model_outputs`` against ``reference_outputs`` by ``judge``.
+
+    Returns records in model-output order with AlpacaEval's fields (instruction, output_1, generator_1,
+    output_2, generator_2, annotator, preference) plus id, dataset, is_switched_outputs, raw_completion.
+    """
+    import pandas as pd
+
+    pairs = align_outputs(model_outputs, reference_outputs)
+    if not pairs:
+        return []
+    frame = pd.DataFrame({"instruction": [m["instruction"] for m, _ in pairs],
+                          "output_1": [r["output"] for _, r in pairs], "output_2": [m["output"] for m, _ in pairs]})
+    processor, shown = _switch(frame, seed)
+    keys = [annotation_key(judge.config_hash, row.instruction, row.output_1, row.output_2)
+            for row in shown.itertuples()]
+    is_same = (shown["output_1"] == shown["output_2"]).tolist()
+    cache = AnnotationCache(cache_path)
+    todo: dict[str, JudgeItem] = {}
+    for row, key, same in zip(shown.itertuples(), keys, is_same):
+        if not same and key not in cache and key not in todo:
+            todo[key] = JudgeItem(row.instruction, row.output_1, row.output_2)
+    if todo:
+        _judge_into_cache(judge, todo, cache, chunk_size or getattr(judge, "chunk_size", 16), progress)
+    shown["preference"] = [1.5 if same else _cached_preference(cache[key]) for key, same in zip(keys, is_same)]
+    switched = shown[SWITCH_COLUMN].tolist()
+    final = processor.postprocess(shown)  # outputs back in (reference, model) order; 3 - p where switched
+    annotations = []
+    for (model_rec, ref_rec), key, same, was_switched, preference in zip(
+            pairs, keys, is_same, switched, final["preference"].tolist()):
+        if preference is None or math.isnan(preference):
+            continue
+        annotations.append({
+            "id": model_rec.get("id", ref_rec.get("id")),
+            "dataset": model_rec.get("dataset", ref_rec.get("dataset", "")),
+            "instruction": model_rec["instruction"],
+            "output_1": ref_rec["output"], "generator_1": ref_rec.get("generator", "reference"),
+            "output_2": model_rec["output"], "generator_2": model_rec.get("generator", "model"),
+            "annotator": judge.name, "preference": float(preference), SWITCH_COLUMN: bool(was_switched),
+            "raw_completion": None if same else cache[key].get("raw_completion"),
+            "annotator_config_hash": judge.config_hash,
+        })
+    if len(annotations) < len(pairs):
+        log.warning("judge %s named neither output for %d of %d pairs; they are left out, as AlpacaEval does",
+                    judge.name, len(pairs) - len(annotations), len(pairs))
+    return annotations
+
+
+def _cached_preference(record: dict) -> float:
+    value = record.get("preference")
+    return math.nan if value is None else float(value)
+
+
+def _judge_into_cache(judge: Judge, todo: dict[str, JudgeItem], cache: AnnotationCache, chunk_size: int,
+                      progress: bool) -> None:
+    from xlpref.sampling import progress_bar
+
+    keys = list(todo)
+    with progress_bar(len(keys), progress, f"judging ({judge.name})") as bar:
+        for start in range(0, len(keys), chunk_size):
+            chunk = keys[start:start + chunk_size]
+            judgements = _judge(judge, [todo[k] for k in chunk])
+            cache.add([{"key": k, "preference": None if math.isnan(j.preference) else j.preference,
+                        "raw_completion": j.raw_completion, "annotator": judge.name,
+                        "config_hash": judge.config_hash} for k, j in zip(chunk, judgements)])
+            if bar is not None:
+                bar.update(bar.tasks[0].id, advance=len(chunk))
+
+
+def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: list[dict], judge: Judge,
+                     out_dir: str | Path, *, instruction_difficulty: Any = None, cache_path: str | Path | None = None,
+                     seed: int = 0, progress: bool = True) -> dict:
+    """Annotate, then write ``out_dir/annotations.json`` and ``out_dir/metrics.json``; returns the metrics.
+
+    Args:
+        model_outputs: a ``model_outputs.json`` path or its records (validated either way).
+        instruction_difficulty: a CSV path or a Series (``harness.metrics.load_instruction_difficulty``)
+            for the length-controlled win rate; None fits it without.
+        cache_path: the judge cache (default ``out_dir/judge_cache.jsonl``).
+    """
+    from harness.lc import N_SPLITS
+    from harness.metrics import compute_metrics, load_instruction_difficulty, winrate_metrics
+
+    out_dir = Path(out_dir)
+    if isinstance(model_outputs, (str, Path)):
+        records = load_model_outputs(model_outputs)
+    else:
+        records = load_model_outputs(model_outputs, where="model outputs")
+    if isinstance(instruction_difficulty, (str, Path)):
+        instruction_difficulty = load_instruction_difficulty(instruction_difficulty)
+    calls_before = dict(judge.counters)
+    annotations = annotate(records, reference_outputs, judge,
+                           cache_path=cache_path if cache_path is not None else out_dir / "judge_cache.jsonl",
+                           seed=seed, progress=progress)
+    write_json_atomic(out_dir / "annotations.json", annotations)
+    if not annotations:
+        raise InputError(f"judge {judge.name} gave no usable preference for any of {len(records)} outputs",
+                         path=out_dir / "annotations.json")
+    reference = annotations[0]["generator_1"]
+    if len(annotations) >= N_SPLITS:
+        metrics = compute_metrics(annotations, instruction_difficulty=instruction_difficulty, annotator=judge.name,
+                                  reference=reference)
+    else:  # too few for the LC GLM's cross-validation: the win rate alone, and LC says why it is missing
+        metrics = {"generator": annotations[0]["generator_2"], **winrate_metrics(annotations),
+                   "length_controlled_winrate": None, "lc_standard_error": None,
+                   "lc_note": f"{len(annotations)} annotations; the LC GLM needs at least {N_SPLITS}"}
+    metrics.update({
+        "annotator": judge.name, "annotator_is_demo": judge.is_demo, "annotator_description": judge.description,
+        "annotator_config_hash": judge.config_hash, "annotator_agreement": read_agreement(judge),
+        "reference": reference, "n_unparsed": len(records) - len(annotations),
+        "judge_calls": {k: judge.counters[k] - calls_before.get(k, 0) for k in judge.counters},
+    })
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
