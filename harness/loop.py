@@ -188,7 +188,7 @@ def build_preference_pairs(ctx: RunContext, t: int, policy: str, samples: list[d
     write_json_atomic(ctx.store.path(f"iter_{t}", "pairs.summary.json"), result.summary)
     write_jsonl_atomic(pairs_path, result.pairs)
     ctx.stage_done(stage, time.perf_counter() - start, pairs=len(result.pairs),
-                   tokens=result.summary.get("_tokens", 0) if isinstance(result.summary, dict) else 0)
+                   tokens=sum(r.get("n_response_tokens", 0) for r in samples) if cfg.name == "implicit-reward" else None)
     return result.pairs
 
 
@@ -235,7 +235,10 @@ def run_icr(config: RunConfig, *, iterations: int | None = None, console: Consol
     # Data first: bad data fails before the run directory is created.
     prompts, instructions, references = load_run_data(config)
     store = RunStore(config.run_dir)
-    store.write_manifest(config.resolved(), reward_pair=config.models.reward_pair, iterations=iterations)
+    store.write_manifest(config.resolved(), reward_pair=config.models.reward_pair, iterations=iterations,
+                         reward_models={"t=0": {"policy": config.models.policy, "reference": config.models.reference},
+                                        "t>=1": {"policy": "pi_0" if config.models.reward_pair == "original"
+                                                 else "pi_t", "reference": config.models.reference}})
     ctx = RunContext(config, store, console, prompts, instructions, references)
     policy = config.models.policy
     for t in range(iterations):
