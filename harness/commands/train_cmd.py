@@ -1,0 +1,82 @@
+"""``xlpref train``: DPO (+NLL), IPO or KTO training on a PAIRS.jsonl file (trl, see xlpref.training).
+
+The output folder is a complete model (LoRA adapters merged) that ``--model OUT_DIR`` loads in
+``sample``, ``score`` and ``generate``; ``OUT_DIR/xlpref_train.json`` records settings and metrics.
+Running the same command again finds the finished folder and returns at once.
+
+Example::
+
+    xlpref train --model tiny-random-llama --pairs pairs.jsonl -o runs/demo/model --epochs 1
+    xlpref train --model gemma-3-270m --pairs pairs.jsonl -o out/ --lora --lr 1e-4 --batch-size 8
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from xlpref.training import LOSSES, TrainConfig, TrainResult
+
+
+def render_result(result: TrainResult, n_pairs: int) -> Table:
+    """A summary table of one training."""
+    table = Table(title=f"Training {'(already done, skipped)' if result.was_skipped else ''}".strip())
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [("pairs", str(n_pairs)), ("optimizer steps", str(result.steps)),
+            ("first loss", "-" if result.first_loss is None else f"{result.first_loss:.4f}"),
+            ("mean train loss", f"{result.metrics.get('train_loss', float('nan')):.4f}"),
+            ("seconds", f"{result.seconds:.1f}"), ("output", str(result.output_dir))]
+    for what, value in rows:
+        table.add_row(what, value)
+    return table
+
+
+@click.command()
+@click.option("--model", "model_spec", required=True,
+              help="Starting policy (also the reference): a folder, a built-in spec, or a hub id.")
+@click.option("--pairs", "pairs_path", required=True, type=click.Path(path_type=Path),
+              help="PAIRS.jsonl: one {prompt, chosen, rejected[, lang, ...]} object a line.")
+@click.option("-o", "--output", "output_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder (written as OUT.tmp, renamed when complete).")
+@click.option("--loss", type=click.Choice(LOSSES), default=TrainConfig.loss, show_default=True,
+              help="sigmoid = DPO; kto needs --nll-weight 0.")
+@click.option("--beta", type=float, default=TrainConfig.beta, show_default=True)
+@click.option("--nll-weight", type=float, default=TrainConfig.nll_weight, show_default=True,
+              help="Weight of the NLL term on the chosen response.")
+@click.option("--lora", is_flag=True, help="Train a LoRA adapter (merged into the saved model).")
+@click.option("--lora-r", type=int, default=TrainConfig.lora_r, show_default=True)
+@click.option("--lora-alpha", type=int, default=TrainConfig.lora_alpha, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=TrainConfig.learning_rate, show_default=True)
+@click.option("--epochs", type=float, default=TrainConfig.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
+@click.option("--grad-accum", type=int, default=TrainConfig.grad_accum, show_default=True)
+@click.option("--max-length", type=int, default=TrainConfig.max_length, show_default=True)
+@click.option("--max-prompt-length", type=int, default=None, help="Keep the last N tokens of each instruction.")
+@click.option("--precompute-ref-log-probs", is_flag=True,
+              help="Compute the reference's log-probs once before training (no reference copy in memory).")
+@click.option("--seed", type=int, default=None, help="Training seed (default: the global --seed).")
+@click.option("--report-to", multiple=True, help="Experiment trackers (e.g. wandb); none by default.")
+@click.pass_obj
+def train(obj, model_spec: str, pairs_path: Path, output_dir: Path, loss: str, beta: float, nll_weight: float,
+          lora: bool, lora_r: int, lora_alpha: int, learning_rate: float, epochs: float, batch_size: int,
+          grad_accum: int, max_length: int, max_prompt_length: int | None, precompute_ref_log_probs: bool,
+          seed: int | None, report_to: tuple[str, ...]) -> None:
+    """Train the model on preference pairs; the reference is the starting model."""
+    from xlpref.training import load_pairs_for_training, train_dpo
+
+    config = TrainConfig(
+        loss=loss, beta=beta, nll_weight=nll_weight, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
+        learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+        max_length=max_length, max_prompt_length=max_prompt_length,
+        precompute_ref_log_probs=precompute_ref_log_probs,
+        seed=seed if seed is not None else (obj.seed if obj else 42), report_to=list(report_to),
+    )
+    config.validate()  # before loading pairs or models: bad flags fail fast
+    pairs = load_pairs_for_training(pairs_path)
+    result = train_dpo(model_spec, pairs, output_dir, config)
+    Console(stderr=True).print(render_result(result, len(pairs)))
+    click.echo(str(result.output_dir))

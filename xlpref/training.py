@@ -1,0 +1,435 @@
+"""Preference training through trl (DPO + NLL, IPO, KTO): the one module that imports trl.
+
+The method's training step (METHOD.md, step 4): DPO on all languages' pairs together, the prompt being
+the target-language instruction in the model's chat template, plus an NLL term on the chosen
+response (weight 1), beta = 0.1, the reference being the starting policy pi_t.
+
+How trl 1.16 expresses it (read from ``trl/trainer/dpo_trainer.py``):
+
+- DPO + NLL is ``loss_type=["sigmoid", "sft"]`` with ``loss_weights=[1, nll_weight]`` (there is no
+  ``rpo_alpha`` any more). trl's "sft" term is the mean negative log-likelihood over all chosen
+  completion tokens of the batch (tokens pooled across the batch, not a mean of per-pair means).
+- IPO is ``loss_type=["ipo", "sft"]`` (trl averages IPO's log-ratios per completion token).
+- KTO is trl's ``KTOTrainer`` on unpaired data: every pair gives a desirable (chosen) and an
+  undesirable (rejected) example. trl's KTO has no NLL term, so ``nll_weight`` must be 0 for it.
+- Pairs are given to trl in conversational form (``[{"role": "user", ...}]``), so trl applies the
+  tokenizer's chat template (base models get :data:`xlpref.models.PLAIN_CHAT_TEMPLATE`); the
+  completion includes the template's end-of-turn token, which teaches the model to stop.
+- The reference model is the starting policy: a frozen copy for full fine-tuning, the base with the
+  adapter disabled for LoRA, or reference log-probs computed once before training
+  (``precompute_ref_log_probs``).
+
+Output folder: a complete ``save_pretrained`` folder (safetensors) with the tokenizer and its chat
+template. **LoRA adapters are merged into the base before saving**, so ``xlpref.models.load_model(OUT)``
+loads the trained model directly in the sampler and the scorer. ``xlpref_train.json`` (config,
+metrics, first loss, steps, time, pairs per language, fingerprint) is the completion marker: it is
+written last, into ``OUT.tmp``, which is then renamed to ``OUT``; a crash leaves no half-written
+``OUT``, and an ``OUT`` holding a marker with the same fingerprint is returned without training.
+
+Example::
+
+    from xlpref.training import TrainConfig, train_dpo
+    pairs = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}] * 4
+    result = train_dpo("tiny-random-llama", pairs, "/tmp/dpo-out", TrainConfig(epochs=1, learning_rate=1e-4))
+    print(result.first_loss, result.steps)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+from xlpref.errors import InputError
+from xlpref.jsonio import iter_jsonl, write_json_atomic
+
+LOSSES = ("sigmoid", "ipo", "kto")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+MARKER = "xlpref_train.json"
+_FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting, with its default; saved into ``xlpref_train.json``."""
+
+    loss: str = "sigmoid"  # "sigmoid" (DPO), "ipo", "kto"
+    beta: float = 0.1
+    nll_weight: float = 1.0  # weight of the NLL term on the chosen response (must be 0 for kto)
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None  # None: every linear layer except the LM head
+    learning_rate: float = 5e-6
+    epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 512  # prompt + response tokens; longer sequences keep their start
+    max_prompt_length: int | None = None  # instruction tokens kept (its end), template not counted
+    precompute_ref_log_probs: bool = False
+    seed: int = 42
+    report_to: list[str] = field(default_factory=list)
+    num_processes: int = 1  # issue 8 adds multi-process training
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0
+    gradient_checkpointing: bool = False
+    evaluate_held_in: bool = False  # after training, record trl's margins on the training pairs
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the first bad value."""
+        def bad(name: str, expected: str) -> InputError:
+            return InputError(f"{getattr(self, name)!r}; expected {expected}", field=name)
+
+        if self.loss not in LOSSES:
+            raise bad("loss", f"one of {list(LOSSES)}")
+        if self.loss == "kto" and self.nll_weight != 0:
+            raise bad("nll_weight", "0 with loss 'kto' (trl's KTO has no NLL term)")
+        if self.loss == "kto" and self.batch_size < 2:
+            raise bad("batch_size", "at least 2 with loss 'kto' (its KL estimate pairs examples within a batch)")
+        for name in ("beta", "learning_rate", "epochs"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "a positive number")
+        if not self.nll_weight >= 0:
+            raise bad("nll_weight", "a number >= 0")
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, "a positive integer")
+        if self.max_prompt_length is not None and not 1 <= self.max_prompt_length < self.max_length:
+            raise bad("max_prompt_length", "None or an integer in [1, max_length)")
+        if not 0 <= self.lora_dropout < 1:
+            raise bad("lora_dropout", "a number in [0, 1)")
+        if self.lr_scheduler_type not in SCHEDULERS:
+            raise bad("lr_scheduler_type", f"one of {list(SCHEDULERS)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise bad("warmup_ratio", "a number in [0, 1)")
+        if self.num_processes != 1:
+            raise bad("num_processes", "1 (multi-process training is not implemented yet)")
+
+    def fingerprint_fields(self) -> dict:
+        """The settings that change the trained weights (``report_to`` does not)."""
+        return {k: v for k, v in asdict(self).items() if k != "report_to"}
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict
+    steps: int
+    first_loss: float | None
+    seconds: float
+    was_skipped: bool = False  # True when OUT_DIR already held this training's result
+
+
+class PreferenceTrainer(Protocol):
+    """A training stage: preference pairs in, a loadable model folder out."""
+
+    def train(self, model_spec: str, pairs: list[dict], output_dir: str | Path, config: TrainConfig) -> TrainResult:
+        ...
+
+
+# -- pairs -------------------------------------------------------------------------------------------
+
+def check_pair(obj: Any, *, path: str | Path | None = None, line: int | None = None,
+               record: int | None = None) -> dict:
+    """Validate one pair (``prompt``, ``chosen``, ``rejected``: non-empty strings; ``lang`` optional)."""
+    where = dict(path=path, line=line, record=record)
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a JSON object, found {type(obj).__name__}", **where)
+    for name in ("prompt", "chosen", "rejected"):
+        if name not in obj:
+            raise InputError("missing field; expected prompt, chosen and rejected in every pair", field=name, **where)
+        if not isinstance(obj[name], str) or not obj[name].strip():
+            raise InputError(f"expected a non-empty string, found {obj[name]!r:.40}", field=name, **where)
+    if "lang" in obj and not isinstance(obj["lang"], str):
+        raise InputError(f"expected a language code string, found {obj['lang']!r}", field="lang", **where)
+    return obj
+
+
+def load_pairs_for_training(path: str | Path) -> list[dict]:
+    """Read and validate a PAIRS.jsonl file (one pair a line)."""
+    pairs = [check_pair(obj, path=path, line=line) for line, obj in iter_jsonl(path)]
+    if not pairs:
+        raise InputError("no pairs; expected at least one JSON line", path=path)
+    return pairs
+
+
+def _conversational(pairs: list[dict], loss: str, max_prompt_length: int | None, tokenizer: Any, seed: int):
+    """trl's conversational dataset: paired for DPO/IPO, unpaired (shuffled with the seed) for KTO."""
+    from datasets import Dataset
+
+    def user(text: str) -> list[dict]:
+        if max_prompt_length is not None:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            text = tokenizer.decode(ids[-max_prompt_length:]) if len(ids) > max_prompt_length else text
+        return [{"role": "user", "content": text}]
+
+    def assistant(text: str) -> list[dict]:
+        return [{"role": "assistant", "content": text}]
+
+    if loss != "kto":
+        return Dataset.from_list([{"prompt": user(p["prompt"]), "chosen": assistant(p["chosen"]),
+                                   "rejected": assistant(p["rejected"])} for p in pairs])
+    rows = [{"prompt": user(p["prompt"]), "completion": assistant(p[key]), "label": key == "chosen"}
+            for p in pairs for key in ("chosen", "rejected")]
+    random.Random(seed).shuffle(rows)  # trl's KTO samples sequentially; mix desirable and undesirable
+    return Dataset.from_list(rows)
+
+
+# -- resumability ----------------------------------------------------------------------------------
+
+def completed_training(output_dir: str | Path) -> dict | None:
+    """The marker of a complete training in ``output_dir``, or None."""
+    marker = Path(output_dir) / MARKER
+    if not marker.exists():
+        return None
+    return json.loads(marker.read_text(encoding="utf-8"))
+
+
+def training_fingerprint(model: str | tuple, pairs: list[dict], config: TrainConfig) -> str:
+    """sha256 over the starting model, the pairs' texts and the settings that change the weights."""
+    if isinstance(model, str):
+        model_id = model
+    else:  # an in-memory model: hash its weights (trl's helper)
+        from trl.trainer.utils import hash_module
+
+        model_id = f"{type(model[0]).__name__}:{hash_module(model[0])}"
+    payload = {"model": model_id, "config": config.fingerprint_fields(),
+               "pairs": [[p["prompt"], p["chosen"], p["rejected"]] for p in pairs], "format": _FORMAT_VERSION}
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+
+
+def _result_from_marker(output_dir: Path, meta: dict) -> TrainResult:
+    return TrainResult(output_dir, meta["metrics"], meta["steps"], meta["first_loss"], meta["seconds"],
+                       was_skipped=True)
+
+
+# -- training ----------------------------------------------------------------------------------------
+
+def _trl_args(config: TrainConfig, work_dir: str, *, use_cuda: bool, progress: bool) -> Any:
+    from trl import DPOConfig, KTOConfig
+
+    common = dict(
+        output_dir=work_dir, seed=config.seed, data_seed=config.seed, beta=config.beta,
+        learning_rate=config.learning_rate, num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, max_length=config.max_length,
+        precompute_ref_log_probs=config.precompute_ref_log_probs,
+        lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_ratio,
+        gradient_checkpointing=config.gradient_checkpointing,
+        # bf16 autocast on GPU over fp32 weights; plain fp32 on CPU (trl would turn bf16 on everywhere).
+        bf16=use_cuda, fp16=False, use_cpu=not use_cuda, dataloader_pin_memory=use_cuda,
+        report_to=list(config.report_to) or "none", push_to_hub=False,
+        save_strategy="no", eval_strategy="no", logging_steps=0.02, logging_first_step=True,  # ~50 log rows
+        disable_tqdm=not progress, remove_unused_columns=True,
+    )
+    if config.loss == "kto":
+        return KTOConfig(**common, loss_type="kto")
+    return DPOConfig(**common, loss_type=[config.loss, "sft"], loss_weights=[1.0, config.nll_weight])
+
+
+def _load(model: str | tuple) -> tuple[Any, Any]:
+    import torch
+
+    from xlpref.models import default_device, ensure_chat_template, load_model
+
+    if isinstance(model, str):
+        # fp32 master weights also on GPU: the trainer adds bf16 autocast.
+        policy, tokenizer = load_model(model, device=default_device(), dtype=torch.float32)
+    else:
+        policy, tokenizer = model
+    return policy, ensure_chat_template(tokenizer)
+
+
+def train_dpo(model: str | tuple, pairs: list[dict], output_dir: str | Path, config: TrainConfig,
+              *, progress: bool = True) -> TrainResult:
+    """Train ``model`` (a spec, or an in-memory ``(model, tokenizer)`` trained in place) on ``pairs``.
+
+    Returns the result of the training already in ``output_dir`` when its fingerprint matches.
+
+    Raises:
+        InputError: bad config or pairs, or ``output_dir`` holding something else.
+    """
+    config.validate()
+    if not pairs:
+        raise InputError("no pairs; expected at least one pair to train on")
+    pairs = [check_pair(p, record=i) for i, p in enumerate(pairs)]
+    output_dir = Path(output_dir)
+    fingerprint = training_fingerprint(model, pairs, config)
+    done = completed_training(output_dir)
+    if done is not None:
+        if done.get("fingerprint") == fingerprint:
+            return _result_from_marker(output_dir, done)
+        raise InputError("holds a model trained from other pairs, settings or starting model; remove it or "
+                         "choose another output folder", path=output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise InputError(f"exists and is not a finished training (no {MARKER}); expected a new or empty folder",
+                         path=output_dir)
+
+    import torch
+
+    start = time.perf_counter()
+    policy, tokenizer = _load(model)
+    use_cuda = torch.cuda.is_available()
+    dataset = _conversational(pairs, config.loss, config.max_prompt_length, tokenizer, config.seed)
+    with tempfile.TemporaryDirectory(prefix="xlpref-train-") as work_dir:
+        trainer = _build_trainer(policy, tokenizer, dataset, config, work_dir, use_cuda=use_cuda, progress=progress)
+        output = trainer.train()
+        held_in = _held_in_metrics(trainer, config.beta) if config.evaluate_held_in else {}
+        history = [row for row in trainer.state.log_history if "loss" in row]
+        trained = trainer.model.merge_and_unload() if config.lora else trainer.model
+        steps = trainer.state.global_step
+    del trainer
+
+    seconds = time.perf_counter() - start
+    metrics = {**output.metrics, "loss_history": history, **({"held_in": held_in} if held_in else {})}
+    meta = {
+        "format": _FORMAT_VERSION, "fingerprint": fingerprint,
+        "model": model if isinstance(model, str) else "in-memory", "config": asdict(config),
+        "adapters_merged": config.lora, "n_pairs": len(pairs),
+        "pairs_per_language": dict(Counter(p.get("lang", "unknown") for p in pairs)),
+        "first_loss": history[0]["loss"] if history else None, "steps": steps, "seconds": seconds,
+        "metrics": metrics, "versions": _versions(),
+    }
+    _save(trained, tokenizer, output_dir, meta)
+    return TrainResult(output_dir, metrics, steps, meta["first_loss"], seconds)
+
+
+def _build_trainer(policy: Any, tokenizer: Any, dataset: Any, config: TrainConfig, work_dir: str, *,
+                   use_cuda: bool, progress: bool) -> Any:
+    from trl import DPOTrainer, KTOTrainer
+
+    args = _trl_args(config, work_dir, use_cuda=use_cuda, progress=progress)
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules=config.lora_target_modules or "all-linear", task_type="CAUSAL_LM")
+    # The reference is the starting policy. With LoRA trl disables the adapter; with precomputed
+    # log-probs trl uses the policy before its first step; otherwise it needs a frozen copy (trl
+    # would reload it from the model's path, which in-memory models lack).
+    needs_copy = not config.lora and not config.precompute_ref_log_probs
+    ref_model = copy.deepcopy(policy).eval() if needs_copy else None
+    trainer_cls = KTOTrainer if config.loss == "kto" else DPOTrainer
+    with _datasets_progress(progress):
+        trainer = trainer_cls(model=policy, ref_model=ref_model, args=args, train_dataset=dataset,
+                              eval_dataset=dataset if config.evaluate_held_in else None,
+                              processing_class=tokenizer, peft_config=peft_config)
+    if not progress:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the log lines transformers prints instead of a bar
+    return trainer
+
+
+@contextlib.contextmanager
+def _datasets_progress(is_shown: bool) -> Iterator[None]:
+    """Hide the ``datasets`` tokenising bars while trl prepares the data, when asked."""
+    import datasets
+
+    was_shown = datasets.is_progress_bar_enabled()
+    if not is_shown:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_shown and not is_shown:
+            datasets.enable_progress_bars()
+
+
+def _held_in_metrics(trainer: Any, beta: float) -> dict:
+    """trl's evaluation on the training pairs, after training, plus the margins it implies.
+
+    trl reports the policy's mean summed log-probs and ``beta`` times the log-ratios to the
+    reference; the reference's log-probs follow from the two, so one pass gives before and after.
+    """
+    raw = {key.removeprefix("eval_"): value for key, value in trainer.evaluate().items()
+           if not key.endswith(("_runtime", "_per_second"))}
+    if not {"logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected"} <= raw.keys():
+        return raw  # KTO reports other keys
+    ref_chosen = raw["logps/chosen"] - raw["rewards/chosen"] / beta
+    ref_rejected = raw["logps/rejected"] - raw["rewards/rejected"] / beta
+    return {**raw, "logp_margin_reference": ref_chosen - ref_rejected,
+            "logp_margin_policy": raw["logps/chosen"] - raw["logps/rejected"],
+            "implicit_reward_margin": raw["rewards/margins"] / beta}
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {"trl": trl.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "torch": torch.__version__}
+
+
+def _save(model: Any, tokenizer: Any, output_dir: Path, meta: dict) -> None:
+    """Write the folder into ``OUT.tmp`` (marker last) and rename it to ``OUT``."""
+    tmp = output_dir.with_name(output_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    write_json_atomic(tmp / MARKER, meta)
+    if output_dir.exists():  # an empty folder (checked by the caller)
+        output_dir.rmdir()
+    os.replace(tmp, output_dir)
+
+
+class DPOTrainerAdapter:
+    """The registry's ``trainer`` ``dpo``: :func:`train_dpo` behind the :class:`PreferenceTrainer` interface."""
+
+    def __init__(self, *, progress: bool = True) -> None:
+        self.progress = progress
+
+    def train(self, model_spec: str | tuple, pairs: list[dict], output_dir: str | Path,
+              config: TrainConfig) -> TrainResult:
+        return train_dpo(model_spec, pairs, output_dir, config, progress=self.progress)
+
+
+# -- the demo's English DPO model ---------------------------------------------------------------------
+
+ENGLISH_DPO_SPEC = "gemma-3-270m-en-dpo"
+#: LoRA on Gemma-3-270M, sized for a CPU: one epoch over the bundled pairs (7 steps of 8 pairs); the
+#: learning rate is high because the steps are few and the margin must visibly widen.
+ENGLISH_DPO_CONFIG = TrainConfig(
+    lora=True, lora_r=16, lora_alpha=32, learning_rate=5e-4, epochs=1.0, batch_size=8, max_length=256,
+)
+
+
+def build_english_dpo_model(base: str = "gemma-3-270m", pairs_path: str | Path | None = None,
+                            output_dir: str | Path | None = None, config: TrainConfig | None = None,
+                            *, progress: bool = True) -> Path:
+    """The demo's pi_dpo: ``base`` DPO-trained (+NLL) on English preference pairs; cached.
+
+    The cache (default ``cache_dir()/models/gemma-3-270m-en-dpo``) is reused when its fingerprint
+    (base, pairs, settings) matches and rebuilt otherwise. ``base`` is the matching pi_ref.
+    """
+    from xlpref.data import MINI_DIR, load_preference_pairs
+    from xlpref.models import cache_dir
+
+    pairs_path = Path(pairs_path) if pairs_path else MINI_DIR / "preference_pairs" / "en.jsonl"
+    output_dir = Path(output_dir) if output_dir else cache_dir() / "models" / ENGLISH_DPO_SPEC
+    config = config or ENGLISH_DPO_CONFIG
+    pairs = [{"lang": "en", "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+             for p in load_preference_pairs(pairs_path)]
+    done = completed_training(output_dir)
+    is_stale = done is not None and done.get("fingerprint") != training_fingerprint(base, pairs, config)
+    if is_stale or (done is None and output_dir.exists()):
+        shutil.rmtree(output_dir)  # our own cache folder, built from other pairs or settings
+    train_dpo(base, pairs, output_dir, config, progress=progress)
+    return output_dir
