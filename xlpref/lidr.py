@@ -45,7 +45,7 @@ Example::
     from xlpref.models import build_tiny_model
     prompts = load_train_prompts(MINI_DIR / "train_prompts" / "mini", ["en", "es"], limit=2)
     result = LIDRAnnotator(max_new_tokens=8).annotate(prompts=prompts, languages=["en", "es"],
-                                                      policy=build_tiny_model("tiny-random-llama"))
+                                                      policy=build_tiny_model("tiny-random-gemma3"))
     print(result.summary["es"], result.pairs[:1])
 """
 
