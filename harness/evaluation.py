@@ -11,7 +11,8 @@ counted (``n_unparsed``).
 The judge's answers are cached in an append-only JSONL file, one line per answer, flushed as each
 chunk of pairs is judged, keyed by ``sha256(judge config hash, instruction, shown output_1, shown
 output_2)``: re-evaluating unchanged outputs makes no judge call, and a run stopped midway (a server
-that died) resumes where it stopped.
+that died: the answers it gave before are kept, even those of an unfinished chunk) resumes where it
+stopped.
 
 Example::
 
@@ -35,6 +36,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from harness.judge_api import JudgeUnavailableError
 from harness.judges import Judge, JudgeItem, Judgement, alpaca_eval_modules, read_agreement
 from harness.outputs import load_model_outputs
 from xlpref.errors import InputError
@@ -197,14 +199,24 @@ def _judge_into_cache(judge: Judge, todo: dict[str, JudgeItem], cache: Annotatio
                       progress: bool) -> None:
     from xlpref.sampling import progress_bar
 
+    def record(key: str, judgement: Judgement) -> dict:
+        return {"key": key, "preference": None if math.isnan(judgement.preference) else judgement.preference,
+                "raw_completion": judgement.raw_completion, "annotator": judge.name,
+                "config_hash": judge.config_hash}
+
     keys = list(todo)
     with progress_bar(len(keys), progress, f"judging ({judge.name})") as bar:
         for start in range(0, len(keys), chunk_size):
             chunk = keys[start:start + chunk_size]
-            judgements = _judge(judge, [todo[k] for k in chunk])
-            cache.add([{"key": k, "preference": None if math.isnan(j.preference) else j.preference,
-                        "raw_completion": j.raw_completion, "annotator": judge.name,
-                        "config_hash": judge.config_hash} for k, j in zip(chunk, judgements)])
+            try:
+                judgements = _judge(judge, [todo[k] for k in chunk])
+            except JudgeUnavailableError as exc:  # keep the answers of this chunk that did come in
+                cache.add([record(chunk[i], j) for i, j in sorted(exc.finished.items())])
+                kept = start + len(exc.finished)
+                where = f"kept in {cache.path}; rerun the same command to resume" if cache.path else "not kept"
+                raise JudgeUnavailableError(f"{exc}; {kept} of the {len(keys)} answers this evaluation asked for "
+                                            f"are {where}", exc.finished) from None
+            cache.add([record(k, j) for k, j in zip(chunk, judgements)])
             if bar is not None:
                 bar.update(bar.tasks[0].id, advance=len(chunk))
 
@@ -250,7 +262,10 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
         "annotator": judge.name, "annotator_is_demo": judge.is_demo, "annotator_description": judge.description,
         "annotator_config_hash": judge.config_hash, "annotator_agreement": read_agreement(judge),
         "reference": reference, "n_unparsed": len(records) - len(annotations),
-        "judge_calls": {k: judge.counters[k] - calls_before.get(k, 0) for k in judge.counters},
     })
     write_json_atomic(out_dir / "metrics.json", metrics)
-    return metrics
+    # Calls and cost of this invocation only (a resumed evaluation pays for the rest): kept apart so
+    # metrics.json depends only on the annotations, not on how often the run was interrupted.
+    write_json_atomic(out_dir / "judge_calls.json",
+                      {k: judge.counters[k] - calls_before.get(k, 0) for k in judge.counters})
+    return {**metrics, "judge_calls": {k: judge.counters[k] - calls_before.get(k, 0) for k in judge.counters}}

@@ -108,12 +108,21 @@ def _read_metrics(folder: Path) -> dict:
     return read_json(folder / "metrics.json")
 
 
+def _model_label(ctx: RunContext, policy: str) -> str:
+    """A model spec as recorded: pi_t folders inside the run are named relative to it (``iter_0/model``)."""
+    path = Path(policy)
+    root = ctx.store.root.resolve()
+    if path.is_absolute() and root in path.resolve().parents:
+        return str(path.resolve().relative_to(root))
+    return policy
+
+
 def _record_results(ctx: RunContext, t: int, policy: str, eval_dir: Path, judge: Any) -> None:
     """Write this iteration's evaluation as a results row (in the run, and in results_dir if set)."""
     from harness.results import record_run_iteration
 
     # annotator and reference come from the metrics themselves (the judge and generator_1 named there).
-    meta = {"model": policy, "annotator_is_demo": judge.is_demo,
+    meta = {"model": _model_label(ctx, policy), "annotator_is_demo": judge.is_demo,
             "source": f"xlpref run {ctx.config.name} (config saved in the run's manifest)"}
     per_lang = {lang: eval_dir / lang for lang in ctx.config.languages}
     row_dirs = [record_run_iteration(ctx.store.path("results"), ctx.config.name, t, per_lang, meta)]
@@ -176,7 +185,8 @@ def build_preference_pairs(ctx: RunContext, t: int, policy: str, samples: list[d
     pairs_path = ctx.store.path(f"iter_{t}", "pairs.jsonl")
     if ctx.store.is_done(stage):
         return read_jsonl(pairs_path)
-    ctx.console.rule(f"[bold]iteration {t}: annotate ({cfg.name}, {cfg.reward})")
+    ctx.console.rule(f"[bold]iteration {t}: annotate ({cfg.name}"
+                     + (f", {cfg.reward} reward)" if cfg.name == "implicit-reward" else ")"))
     start = time.perf_counter()
     annotator = resolve("annotator", cfg.name)(cfg, seed=ctx.config.seed + t, console=ctx.console)
     reward_policy, reference = reward_models(ctx, policy)
@@ -221,9 +231,13 @@ def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str
 
 def run_iteration(ctx: RunContext, t: int, policy: str) -> str:
     """One ICR iteration, top to bottom: evaluate pi_t, sample, score + pairs, train -> pi_{t+1}."""
+    from xlpref.registry import resolve
+
     if ctx.config.evaluation.is_enabled:
         evaluate_policy(ctx, t, policy)
-    samples = sample_responses(ctx, t, policy)
+    # LIDR makes its own greedy answers: sampling is skipped for annotators that do not need samples.
+    needs_samples = getattr(resolve("annotator", ctx.config.annotator.name), "needs_samples", True)
+    samples = sample_responses(ctx, t, policy) if needs_samples else []
     pairs = build_preference_pairs(ctx, t, policy, samples)
     return train_policy(ctx, t, policy, pairs)
 
@@ -235,6 +249,7 @@ def run_icr(config: RunConfig, *, iterations: int | None = None, console: Consol
     # Data first: bad data fails before the run directory is created.
     prompts, instructions, references = load_run_data(config)
     store = RunStore(config.run_dir)
+    store.remove_stale_temporaries()  # left by a run killed inside an atomic write
     store.write_manifest(config.resolved(), reward_pair=config.models.reward_pair, iterations=iterations,
                          reward_models={"t=0": {"policy": config.models.policy, "reference": config.models.reference},
                                         "t>=1": {"policy": "pi_0" if config.models.reward_pair == "original"

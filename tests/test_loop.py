@@ -21,6 +21,7 @@ TINY = REPO / "tests" / "fixtures" / "tiny_run.yaml"
 COMPARED = ("*/samples.jsonl", "*/scored.jsonl", "*/pairs.jsonl", "*/pairs.summary.json",
             "eval/*/*/model_outputs.json", "eval/*/*/annotations.json", "eval/*/*/metrics.json",
             "leaderboard.csv", "deltas.csv")
+# judge_calls.json counts the calls of the last invocation: a resumed run makes fewer, by design.
 
 
 class Interrupt(Exception):
@@ -32,10 +33,11 @@ def tiny_config(run_dir: Path):
 
 
 def artifacts(run_dir: Path) -> dict[str, str]:
+    """Compared files; pi_t is a folder inside the run, so the run's own path is written as <RUN>."""
     found = {}
     for pattern in COMPARED:
         for path in sorted(run_dir.glob(pattern)):
-            found[str(path.relative_to(run_dir))] = path.read_text(encoding="utf-8")
+            found[str(path.relative_to(run_dir))] = path.read_text(encoding="utf-8").replace(str(run_dir), "<RUN>")
     return found
 
 
