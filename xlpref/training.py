@@ -118,8 +118,8 @@ class TrainConfig:
             raise bad("num_processes", "1 (multi-process training is not implemented yet)")
 
     def fingerprint_fields(self) -> dict:
-        """The settings that change the trained weights (``report_to`` does not)."""
-        return {k: v for k, v in asdict(self).items() if k != "report_to"}
+        """The settings that change the trained weights (reporting and evaluation do not)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("report_to", "evaluate_held_in")}
 
 
 @dataclass
