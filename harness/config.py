@@ -66,7 +66,7 @@ class AnnotatorConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    loss: Literal["sigmoid", "ipo", "kto"] = "sigmoid"
     beta: float = Field(0.1, gt=0)
     nll_weight: float = Field(1.0, ge=0)
     lora: bool = False
