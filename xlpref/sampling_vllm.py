@@ -23,7 +23,7 @@ Example::
 
     from xlpref.sampling import SamplingParams, make_sampler, requests_from_prompts
     if __name__ == "__main__":
-        sampler = make_sampler("vllm", "tiny-random-llama")
+        sampler = make_sampler("vllm", "gemma-3-270m")  # tiny-random-llama: head size 8, too small for vLLM CPU
         requests = requests_from_prompts("../shared/data/train_prompts/random_100", ["en", "es"], limit=4)
         records = sampler.sample(requests, SamplingParams(n=2, max_new_tokens=32, batch_size=256))
         sampler.close()
