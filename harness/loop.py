@@ -77,6 +77,7 @@ def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
     from harness.evaluation import evaluate_outputs
     from harness.judges import load_judge
     from harness.outputs import generate_outputs
+    from harness.trackers import log_iteration_metrics
     from xlpref.sampling import SamplingParams
 
     cfg = ctx.config.evaluation
@@ -99,6 +100,7 @@ def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
     tokens = sum(m.get("n_total", 0) for m in metrics.values())
     _record_results(ctx, t, policy, out_dir, judge)
     ctx.stage_done(stage, time.perf_counter() - start, items=tokens)
+    log_iteration_metrics(ctx.config.training.report_to, ctx.store.root, t, metrics, run_name=ctx.config.name)
     return metrics
 
 
@@ -221,7 +223,13 @@ def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str
         grad_accum=cfg.grad_accum, max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
         seed=ctx.config.seed + t, report_to=list(cfg.report_to), num_processes=cfg.num_processes,
     )
-    result = train_dpo(policy, pairs, out_dir, config)
+    if cfg.launcher == "none":
+        result = train_dpo(policy, pairs, out_dir, config)
+    else:  # N processes started by accelerate or torchrun; this process waits for them
+        from xlpref.distributed import launch_training
+
+        result = launch_training(policy, pairs, out_dir, config, launcher=cfg.launcher,
+                                 num_processes=cfg.num_processes, deepspeed=cfg.deepspeed)
     _release()
     ctx.stage_done(stage, time.perf_counter() - start, pairs=len(pairs), steps=result.steps)
     return str(out_dir)
@@ -248,6 +256,10 @@ def run_icr(config: RunConfig, *, iterations: int | None = None, console: Consol
     iterations = config.iterations if iterations is None else iterations
     # Data first: bad data fails before the run directory is created.
     prompts, instructions, references = load_run_data(config)
+    if config.training.report_to:  # a missing tracker package fails now, not after the first evaluation
+        from xlpref.training import check_trackers
+
+        check_trackers(config.training.report_to)
     store = RunStore(config.run_dir)
     store.remove_stale_temporaries()  # left by a run killed inside an atomic write
     store.write_manifest(config.resolved(), reward_pair=config.models.reward_pair, iterations=iterations,

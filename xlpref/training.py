@@ -56,6 +56,8 @@ from xlpref.jsonio import iter_jsonl, write_json_atomic
 LOSSES = ("sigmoid", "ipo", "kto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 MARKER = "xlpref_train.json"
+#: Where transformers' TensorBoard callback writes inside trl's output folder (kept in the saved model).
+TRACKER_LOGS = "runs"
 _FORMAT_VERSION = 1
 
 
@@ -80,7 +82,7 @@ class TrainConfig:
     precompute_ref_log_probs: bool = False
     seed: int = 42
     report_to: list[str] = field(default_factory=list)
-    num_processes: int = 1  # issue 8 adds multi-process training
+    num_processes: int = 1  # processes of the training group (started by xlpref.distributed); must match it
     lr_scheduler_type: str = "linear"
     warmup_ratio: float = 0.0
     gradient_checkpointing: bool = False
@@ -102,7 +104,7 @@ class TrainConfig:
                 raise bad(name, "a positive number")
         if not self.nll_weight >= 0:
             raise bad("nll_weight", "a number >= 0")
-        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length"):
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "num_processes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "a positive integer")
@@ -114,12 +116,28 @@ class TrainConfig:
             raise bad("lr_scheduler_type", f"one of {list(SCHEDULERS)}")
         if not 0 <= self.warmup_ratio < 1:
             raise bad("warmup_ratio", "a number in [0, 1)")
-        if self.num_processes != 1:
-            raise bad("num_processes", "1 (multi-process training is not implemented yet)")
+        if self.report_to:
+            check_trackers(self.report_to)
 
     def fingerprint_fields(self) -> dict:
         """The settings that change the trained weights (reporting and evaluation do not)."""
         return {k: v for k, v in asdict(self).items() if k not in ("report_to", "evaluate_held_in")}
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """Refuse a tracker transformers does not know, or one whose package is not installed."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    for tracker in report_to:
+        if tracker not in INTEGRATION_TO_CALLBACK:
+            raise InputError(f"unknown tracker {tracker!r}; expected some of {sorted(INTEGRATION_TO_CALLBACK)}",
+                             field="report_to")
+        if tracker not in get_available_reporting_integrations():
+            raise InputError(f"tracker {tracker!r} is not available: its package is not installed; expected it "
+                             f"installed (`pip install {tracker}`) or {tracker!r} left out", field="report_to")
 
 
 @dataclass
@@ -130,6 +148,9 @@ class TrainResult:
     first_loss: float | None
     seconds: float
     was_skipped: bool = False  # True when OUT_DIR already held this training's result
+    world_size: int = 1  # processes that trained together
+    rank: int = 0  # this process's rank among them
+    micro_batches: int | None = None  # forward/backward passes this process ran (None when skipped)
 
 
 class PreferenceTrainer(Protocol):
@@ -279,31 +300,73 @@ def train_dpo(model: str | tuple, pairs: list[dict], output_dir: str | Path, con
 
     import torch
 
+    _check_world_size(config.num_processes, _launched_world_size())  # before loading: a wrong launch fails fast
     start = time.perf_counter()
     policy, tokenizer = _load(model)
     use_cuda = torch.cuda.is_available()
     dataset = _conversational(pairs, config.loss, config.max_prompt_length, tokenizer, config.seed)
     with tempfile.TemporaryDirectory(prefix="xlpref-train-") as work_dir:
         trainer = _build_trainer(policy, tokenizer, dataset, config, work_dir, use_cuda=use_cuda, progress=progress)
+        accelerator = trainer.accelerator
+        _check_world_size(config.num_processes, accelerator.num_processes)
+        counter = _micro_batch_counter()
+        trainer.add_callback(counter)
         output = trainer.train()
         held_in = _held_in_metrics(trainer, config.beta) if config.evaluate_held_in else {}
-        history = [row for row in trainer.state.log_history if "loss" in row]
+        history = [row for row in trainer.state.log_history if "loss" in row]  # losses are averaged over ranks
         trained = trainer.model.merge_and_unload() if config.lora else trainer.model
+        # Several processes: every rank takes part in gathering the weights (ZeRO-3 shards them), rank 0 writes.
+        state_dict = None
+        if accelerator.num_processes > 1:
+            state_dict = trained.state_dict() if config.lora else accelerator.get_state_dict(trainer.model_wrapped)
         steps = trainer.state.global_step
-    del trainer
+        del trainer
 
-    seconds = time.perf_counter() - start
-    metrics = {**output.metrics, "loss_history": history, **({"held_in": held_in} if held_in else {})}
-    meta = {
-        "format": _FORMAT_VERSION, "fingerprint": fingerprint,
-        "model": model if isinstance(model, str) else "in-memory", "config": asdict(config),
-        "adapters_merged": config.lora, "n_pairs": len(pairs),
-        "pairs_per_language": dict(Counter(p.get("lang", "unknown") for p in pairs)),
-        "first_loss": history[0]["loss"] if history else None, "steps": steps, "seconds": seconds,
-        "metrics": metrics, "versions": _versions(),
-    }
-    _save(trained, tokenizer, output_dir, meta)
-    return TrainResult(output_dir, metrics, steps, meta["first_loss"], seconds)
+        seconds = time.perf_counter() - start
+        metrics = {**output.metrics, "loss_history": history, **({"held_in": held_in} if held_in else {})}
+        meta = {
+            "format": _FORMAT_VERSION, "fingerprint": fingerprint,
+            "model": model if isinstance(model, str) else "in-memory", "config": asdict(config),
+            "adapters_merged": config.lora, "n_pairs": len(pairs),
+            "pairs_per_language": dict(Counter(p.get("lang", "unknown") for p in pairs)),
+            "first_loss": history[0]["loss"] if history else None, "steps": steps, "seconds": seconds,
+            "metrics": metrics, "versions": _versions(),
+        }
+        if accelerator.is_main_process:
+            _save(trained, tokenizer, output_dir, meta, state_dict=state_dict, tracker_logs=Path(work_dir) / TRACKER_LOGS)
+        accelerator.wait_for_everyone()  # the other ranks return once OUT exists
+    return TrainResult(output_dir, metrics, steps, meta["first_loss"], seconds, world_size=accelerator.num_processes,
+                       rank=accelerator.process_index, micro_batches=counter.count)
+
+
+def _launched_world_size() -> int:
+    """The number of processes a launcher (torchrun, accelerate, mpirun) started, from its environment."""
+    from accelerate.utils import get_int_from_env
+
+    return get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+
+
+def _check_world_size(expected: int, actual: int) -> None:
+    """Refuse to train when the process group is not the one the config asks for (e.g. N independent copies)."""
+    if expected != actual:
+        raise InputError(f"{expected}, but this process trains in a group of {actual}; start multi-process "
+                         "training through xlpref.distributed (xlpref train --launcher accelerate|torchrun "
+                         "--num-processes N), or set num_processes to the launcher's", field="num_processes")
+
+
+def _micro_batch_counter() -> Any:
+    """A trainer callback counting this process's forward/backward passes (one per micro-batch)."""
+    from transformers import TrainerCallback
+
+    class MicroBatchCounter(TrainerCallback):
+        count = 0
+
+        def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.count += 1
+
+        on_step_end = on_substep_end  # the last micro-batch of an optimizer step
+
+    return MicroBatchCounter()
 
 
 def _build_trainer(policy: Any, tokenizer: Any, dataset: Any, config: TrainConfig, work_dir: str, *,
@@ -376,14 +439,21 @@ def _versions() -> dict:
             "torch": torch.__version__}
 
 
-def _save(model: Any, tokenizer: Any, output_dir: Path, meta: dict) -> None:
-    """Write the folder into ``OUT.tmp`` (marker last) and rename it to ``OUT``."""
+def _save(model: Any, tokenizer: Any, output_dir: Path, meta: dict, *, state_dict: dict | None = None,
+          tracker_logs: Path | None = None) -> None:
+    """Write the folder into ``OUT.tmp`` (marker last) and rename it to ``OUT``.
+
+    ``state_dict``: the weights gathered from all ranks (multi-process); ``tracker_logs``: a folder of
+    tracker event files, copied to ``OUT/runs`` when it exists.
+    """
     tmp = output_dir.with_name(output_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    if tracker_logs is not None and tracker_logs.is_dir():
+        shutil.copytree(tracker_logs, tmp / TRACKER_LOGS)
     write_json_atomic(tmp / MARKER, meta)
     if output_dir.exists():  # an empty folder (checked by the caller)
         output_dir.rmdir()

@@ -8,6 +8,10 @@ Example::
 
     xlpref train --model tiny-random-llama --pairs pairs.jsonl -o runs/demo/model --epochs 1
     xlpref train --model gemma-3-270m --pairs pairs.jsonl -o out/ --lora --lr 1e-4 --batch-size 8
+    xlpref train --model tiny-random-llama --pairs pairs.jsonl -o out2/ --launcher accelerate --num-processes 2
+
+``--launcher accelerate|torchrun --num-processes N`` trains with N processes (xlpref.distributed): one
+GPU each, or gloo processes without a GPU; ``--batch-size`` is per process.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from xlpref.errors import InputError
 from xlpref.training import LOSSES, TrainConfig, TrainResult
 
 
@@ -26,7 +31,7 @@ def render_result(result: TrainResult, n_pairs: int) -> Table:
     table = Table(title=f"Training {'(already done, skipped)' if result.was_skipped else ''}".strip())
     table.add_column("what")
     table.add_column("value", justify="right")
-    rows = [("pairs", str(n_pairs)), ("optimizer steps", str(result.steps)),
+    rows = [("pairs", str(n_pairs)), ("processes", str(result.world_size)), ("optimizer steps", str(result.steps)),
             ("first loss", "-" if result.first_loss is None else f"{result.first_loss:.4f}"),
             ("mean train loss", f"{result.metrics.get('train_loss', float('nan')):.4f}"),
             ("seconds", f"{result.seconds:.1f}"), ("output", str(result.output_dir))]
@@ -59,12 +64,21 @@ def render_result(result: TrainResult, n_pairs: int) -> Table:
 @click.option("--precompute-ref-log-probs", is_flag=True,
               help="Compute the reference's log-probs once before training (no reference copy in memory).")
 @click.option("--seed", type=int, default=None, help="Training seed (default: the global --seed).")
-@click.option("--report-to", multiple=True, help="Experiment trackers (e.g. wandb); none by default.")
+@click.option("--report-to", multiple=True, help="Experiment trackers (tensorboard, wandb); none by default.")
+@click.option("--launcher", type=click.Choice(("none", "accelerate", "torchrun")), default="none", show_default=True,
+              help="Start --num-processes training processes (none: train in this process).")
+@click.option("--num-processes", type=int, default=1, show_default=True,
+              help="Training processes (one per GPU); --batch-size is per process.")
+@click.option("--deepspeed", type=click.Choice(("zero2", "zero3")), default=None,
+              help="DeepSpeed ZeRO stage (with --launcher accelerate; needs the deepspeed package and GPUs).")
+@click.option("--accelerate-config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Your own accelerate config (default: configs/accelerate/ for this machine).")
 @click.pass_obj
 def train(obj, model_spec: str, pairs_path: Path, output_dir: Path, loss: str, beta: float, nll_weight: float,
           lora: bool, lora_r: int, lora_alpha: int, learning_rate: float, epochs: float, batch_size: int,
           grad_accum: int, max_length: int, max_prompt_length: int | None, precompute_ref_log_probs: bool,
-          seed: int | None, report_to: tuple[str, ...]) -> None:
+          seed: int | None, report_to: tuple[str, ...], launcher: str, num_processes: int, deepspeed: str | None,
+          accelerate_config: Path | None) -> None:
     """Train the model on preference pairs; the reference is the starting model."""
     from xlpref.training import load_pairs_for_training, train_dpo
 
@@ -74,9 +88,19 @@ def train(obj, model_spec: str, pairs_path: Path, output_dir: Path, loss: str, b
         max_length=max_length, max_prompt_length=max_prompt_length,
         precompute_ref_log_probs=precompute_ref_log_probs,
         seed=seed if seed is not None else (obj.seed if obj else 42), report_to=list(report_to),
+        num_processes=num_processes,
     )
     config.validate()  # before loading pairs or models: bad flags fail fast
+    if launcher != "accelerate" and (deepspeed or accelerate_config):
+        raise InputError("--deepspeed and --accelerate-config need --launcher accelerate", field="launcher")
     pairs = load_pairs_for_training(pairs_path)
-    result = train_dpo(model_spec, pairs, output_dir, config)
+    if launcher == "none":
+        result = train_dpo(model_spec, pairs, output_dir, config)
+    else:
+        from xlpref.distributed import launch_training
+
+        result = launch_training(model_spec, pairs_path, output_dir, config, launcher=launcher,
+                                 num_processes=num_processes, deepspeed=deepspeed,
+                                 accelerate_config_file=accelerate_config)
     Console(stderr=True).print(render_result(result, len(pairs)))
     click.echo(str(result.output_dir))
