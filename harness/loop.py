@@ -32,6 +32,7 @@ from rich.console import Console
 from harness.config import RunConfig
 from harness.store import RunStore
 from xlpref.data import Instruction, TrainPrompt, load_instructions, load_reference_outputs, load_train_prompts
+from xlpref.errors import InputError
 from xlpref.jsonio import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 
@@ -215,6 +216,13 @@ def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str
         return str(out_dir)
     if cfg.languages:
         pairs = [p for p in pairs if p["lang"] in cfg.languages]
+    # An empty sampled response can win or lose a group; DPO on an empty side teaches nothing.
+    n_empty = sum(1 for p in pairs if not p["chosen"].strip() or not p["rejected"].strip())
+    pairs = [p for p in pairs if p["chosen"].strip() and p["rejected"].strip()]
+    if not pairs:
+        raise InputError(f"iteration {t}: no preference pairs to train on ({n_empty} had an empty side); "
+                         "expected at least one: raise sampling.n, prompt_limit or max_new_tokens",
+                         path=ctx.store.path(f"iter_{t}", "pairs.jsonl"))
     ctx.console.rule(f"[bold]iteration {t}: train ({cfg.loss}, beta={cfg.beta}, {len(pairs)} pairs)")
     start = time.perf_counter()
     config = TrainConfig(
@@ -231,7 +239,8 @@ def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str
         result = launch_training(policy, pairs, out_dir, config, launcher=cfg.launcher,
                                  num_processes=cfg.num_processes, deepspeed=cfg.deepspeed)
     _release()
-    ctx.stage_done(stage, time.perf_counter() - start, pairs=len(pairs), steps=result.steps)
+    ctx.stage_done(stage, time.perf_counter() - start, pairs=len(pairs), steps=result.steps,
+                   dropped_empty_pairs=n_empty)
     return str(out_dir)
 
 
