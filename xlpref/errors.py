@@ -1,7 +1,8 @@
 """Errors for bad input that name the place, the field and the expectation.
 
 The CLI turns :class:`InputError` into one clear line on stderr and exit code 2 (no traceback
-unless ``-v``).
+unless ``-v``), and :class:`ServiceUnavailableError` (a server that stays down) into one line and exit
+code 1: the input was fine, and rerunning the same command resumes.
 
 Example::
 
@@ -45,3 +46,7 @@ class InputError(ValueError):
             parts.append(f"field '{self.field}'")
         parts.append(self.message)
         return ": ".join(parts)
+
+
+class ServiceUnavailableError(RuntimeError):
+    """A service the work depends on (e.g. a judge server) failed after all retries; finished work is kept."""

@@ -1,0 +1,30 @@
+"""Shared fixtures: one uninterrupted tiny run (``xlpref run tests/fixtures/tiny_run.yaml``) per test session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tiny_run import Timeline, start_tiny_run, watch
+
+
+@dataclass
+class ReferenceRun:
+    """A finished, uninterrupted tiny run and its stage timeline (seconds from process start)."""
+
+    run_dir: Path
+    timeline: Timeline
+    log_path: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_reference_run(tmp_path_factory) -> ReferenceRun:
+    """The 2-iteration tiny run, started once as a user would (a subprocess of the CLI), never interrupted."""
+    root = tmp_path_factory.mktemp("tiny_reference")
+    run_dir, log_path = root / "run", root / "run.log"
+    timeline = watch(start_tiny_run(run_dir, log_path), run_dir, log_path)
+    if timeline.returncode != 0:
+        pytest.fail(f"the uninterrupted tiny run exited {timeline.returncode}:\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}")
+    return ReferenceRun(run_dir, timeline, log_path)
