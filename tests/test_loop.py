@@ -47,13 +47,9 @@ def weights_digest(run_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
-    ctx = run_icr(tiny_config(run_dir))
-    from harness.run_report import run_leaderboard
-
-    run_leaderboard(ctx)
-    return run_dir
+def reference_run(tiny_reference_run):
+    """The uninterrupted tiny run (run once per session by tests/conftest.py, through the CLI)."""
+    return tiny_reference_run.run_dir
 
 
 def test_two_iterations_end_to_end(reference_run):
