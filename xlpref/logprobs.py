@@ -1,21 +1,30 @@
 """Summed log-probabilities of responses given prompts, without full-vocabulary logits.
 
 ``response_logprobs(model, [(prompt_ids, response_ids), ...])`` returns, per item, the sum over the
-response positions of ``log p(token | all before)`` (fp32 log-softmax, float64 sum). transformers'
-causal-LM forward computes logits for every position; for a 262k vocabulary and thousands of
-tokens that is gigabytes spent on prompt positions, hence this path:
+response positions of ``log p(token | all before)`` (fp32 log-softmax, float64 sum);
+``paired_response_logprobs(policy, reference, items)`` does it for two models on one plan.
+transformers' causal-LM forward computes logits for every position; for a 262k vocabulary and
+thousands of tokens that is gigabytes spent on prompt positions, hence this path:
 
-- each distinct prompt runs once through the base model; its KV cache is repeated over the
-  responses that share it, which run right-padded after it (attention mask over prompt + response,
-  position ids continuing the prompt's), so padding changes nothing for the real tokens;
+- prompts are encoded in windows: each distinct prompt runs once per model, in one batched forward
+  with the other prompts of its window (at most ``max_batch_tokens`` padded prompt tokens; prompts
+  *left*-padded, position ids counting real tokens only), and its KV cache serves all its responses;
+- the window's responses are sorted by length (longest first) and cut into passes of at most
+  ``max_batch_tokens`` padded tokens (rows x (longest prompt + longest response); a single longer
+  item runs alone), so rows of several prompts share a forward pass and padding stays small. Each
+  row gets its prompt's cache and runs right-padded after it, position ids continuing its prompt's.
+  Left padding keeps every prompt ending at the same cache slot, so slot distances equal token
+  distances and sliding-window attention (Gemma 3) sees exactly the tokens it would see unpadded;
 - the output projection (with the model's logit scale / soft-capping) is applied only at the states
   predicting response tokens, :data:`LOGITS_CHUNK_ELEMENTS` logits at a time, each chunk's
-  log-softmax reduced at once to the target tokens' values; the last response token is never fed
-  (nothing it predicts counts);
-- responses are length-sorted (longest first) and cut into batches of at most ``max_batch_tokens``
-  padded tokens, prompt included (a single longer item runs alone).
+  log-softmax reduced at once to the target tokens' values (memory bounded whatever the vocabulary
+  and the lengths); the last response token is never fed (nothing it predicts counts);
+- for two models whose output projections are equal (a LoRA-merged policy and its base share the tied
+  embeddings; checked with ``torch.equal``, never assumed) the two models' states go through one
+  projection, reading the 262k x hidden matrix once per chunk instead of twice.
 
-A result does not depend on the batch it ran in (equal within 1e-4 in fp32; tests check it).
+A result does not depend on the pass it ran in (equal within 1e-4 in fp32; tests check it against the
+naive scorer of ``benchmarks/perf/naive.py``, which re-encodes everything with full logits).
 
 Example::
 
@@ -30,7 +39,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from xlpref.errors import InputError
@@ -38,31 +49,66 @@ from xlpref.errors import InputError
 #: Rows x vocabulary of one logits chunk (fp32: 256 MiB), bounding memory whatever the vocabulary.
 LOGITS_CHUNK_ELEMENTS = 1 << 26
 
+#: (id, id) of two compared weights -> (weak references to both, their versions, equal?)
+_EQUAL_WEIGHTS: dict[tuple[int, int], tuple] = {}
+
 #: (prompt token ids, response token ids)
 Item = tuple[list[int], list[int]]
 
 
 @contextlib.contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    # Dropout would make log-probabilities random; restore the caller's mode afterwards.
-    was_training = model.training
-    model.eval()
+def _eval_mode(*models: Any) -> Iterator[None]:
+    # Dropout would make log-probabilities random; restore the callers' modes afterwards.
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for model, was_training in zip(models, modes):
+            model.train(was_training)
 
 
-def _plan_chunks(lengths: Sequence[int], prompt_length: int, max_batch_tokens: int) -> list[list[int]]:
-    """Response indices, longest first, cut so that rows x (prompt + longest response) fits the budget."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    chunks: list[list[int]] = []
-    for index in order:
-        if chunks and (len(chunks[-1]) + 1) * (prompt_length + lengths[chunks[-1][0]]) <= max_batch_tokens:
-            chunks[-1].append(index)
+@dataclass
+class Window:
+    """Prompts encoded together in one forward pass, and the response passes that reuse their encodings."""
+
+    prompts: list[tuple[int, ...]]
+    passes: list[list[int]]  # item indices per response pass
+
+
+def plan_windows(items: Sequence[Item], max_batch_tokens: int) -> list[Window]:
+    """Prompts (first-appearance order) in windows of at most ``max_batch_tokens`` padded prompt tokens,
+    each with its items' responses longest first, cut into passes of at most ``max_batch_tokens``
+    padded tokens (rows x (the window's longest prompt + the pass's longest response)); a single
+    longer prompt or item runs alone. Items without a response need no pass.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (prompt, response) in enumerate(items):
+        if response:
+            groups.setdefault(tuple(prompt), []).append(index)
+    windows: list[Window] = []
+    widest = 0
+    for prompt in groups:
+        if windows and (len(windows[-1].prompts) + 1) * max(widest, len(prompt)) <= max_batch_tokens:
+            windows[-1].prompts.append(prompt)
+            widest = max(widest, len(prompt))
         else:
-            chunks.append([index])
-    return chunks
+            windows.append(Window([prompt], []))
+            widest = len(prompt)
+    for window in windows:
+        width = max(len(p) for p in window.prompts)
+        rank = {prompt: r for r, prompt in enumerate(window.prompts)}
+        # ties in length keep a prompt's items together (fewer distinct cache rows to gather)
+        order = sorted((i for prompt in window.prompts for i in groups[prompt]),
+                       key=lambda i: (-len(items[i][1]), rank[tuple(items[i][0])], i))
+        for index in order:
+            rows = window.passes[-1] if window.passes else None
+            if rows and (len(rows) + 1) * (width + len(items[rows[0]][1])) <= max_batch_tokens:
+                rows.append(index)
+            else:
+                window.passes.append([index])
+    return windows
 
 
 class _TokenLogprobs:
@@ -74,6 +120,32 @@ class _TokenLogprobs:
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.scale = getattr(config, "logit_scale", None)  # Cohere-style heads multiply the logits
         self.rows = max(1, LOGITS_CHUNK_ELEMENTS // self.head.weight.shape[0])
+
+    def is_same_as(self, other: "_TokenLogprobs") -> bool:
+        """Whether both compute the same function (equal weights and bias, same scale and soft-cap)."""
+        import torch
+
+        mine, theirs = self.head, other.head
+        if (self.softcap, self.scale, type(mine)) != (other.softcap, other.scale, type(theirs)):
+            return False
+        if mine is theirs or mine.weight is theirs.weight:
+            return True
+        bias, other_bias = getattr(mine, "bias", None), getattr(theirs, "bias", None)
+        if (bias is None) != (other_bias is None) or (bias is not None and not torch.equal(bias, other_bias)):
+            return False
+        if mine.weight.shape != theirs.weight.shape:
+            return False
+        # Comparing 262k x hidden weights costs a few hundred ms: remember the answer while neither tensor changes.
+        versions = (theirs.weight._version, mine.weight._version)
+        key = (id(mine.weight), id(theirs.weight))
+        known = _EQUAL_WEIGHTS.get(key)
+        if known is not None and known[0]() is mine.weight and known[1]() is theirs.weight and known[2] == versions:
+            return known[3]
+        is_equal = bool(torch.equal(mine.weight, theirs.weight))
+        if len(_EQUAL_WEIGHTS) > 64:
+            _EQUAL_WEIGHTS.clear()
+        _EQUAL_WEIGHTS[key] = (weakref.ref(mine.weight), weakref.ref(theirs.weight), versions, is_equal)
+        return is_equal
 
     def __call__(self, hidden: Any, targets: Any) -> Any:
         import torch
@@ -89,70 +161,63 @@ class _TokenLogprobs:
             # full-sequence computation, so hand checks agree to the last bit where the states do.
             logprobs = torch.log_softmax(logits, dim=-1)
             out.append(logprobs.gather(1, targets[start:start + self.rows, None]).squeeze(1))
+            del logits, logprobs
         return torch.cat(out)
 
 
-def _score_prompt_group(model: Any, token_logprobs: _TokenLogprobs, prompt: list[int], responses: list[list[int]],
-                        max_batch_tokens: int, device: Any, pad_id: int) -> list[float]:
-    """Summed log p(response | prompt) for responses sharing one prompt (the prompt runs once)."""
-    import torch
+class _EncodedPrompts:
+    """One model's encoding of a window's prompts (left-padded): KV cache, mask, lengths, last states."""
 
-    base = model.base_model
-    prompt_ids = torch.tensor([prompt], device=device)
-    prefix = base(input_ids=prompt_ids, use_cache=True)
-    last_hidden = prefix.last_hidden_state[0, -1]
-    totals = [0.0] * len(responses)
-    for chunk in _plan_chunks([len(r) for r in responses], len(prompt), max_batch_tokens):
-        rows = [responses[i] for i in chunk if responses[i]]
-        if not rows:
-            continue
-        # Response token j is predicted by the state after token j - 1; token 0 by the prompt's last state,
-        # so the last response token never needs to be fed.
-        fed = max(len(r) for r in rows) - 1
-        if fed > 0:
-            ids = torch.full((len(rows), fed), pad_id, dtype=torch.long, device=device)
-            mask = torch.zeros((len(rows), len(prompt) + fed), dtype=torch.long, device=device)
-            mask[:, : len(prompt)] = 1
-            for row, response in enumerate(rows):
-                ids[row, : len(response) - 1] = torch.tensor(response[:-1], device=device)
-                mask[row, len(prompt): len(prompt) + len(response) - 1] = 1
-            positions = torch.arange(len(prompt), len(prompt) + fed, device=device).expand(len(rows), fed)
-            cache = copy.deepcopy(prefix.past_key_values)
-            cache.batch_repeat_interleave(len(rows))
-            states = base(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                          use_cache=True).last_hidden_state
-            hidden_rows = [torch.cat([last_hidden[None], states[row, : len(r) - 1]]) for row, r in enumerate(rows)]
-        else:
-            hidden_rows = [last_hidden[None] for _ in rows]
-        hidden = torch.cat(hidden_rows)
-        targets = torch.tensor([t for r in rows for t in r], device=device)
-        per_token = token_logprobs(hidden, targets).double().cpu()
-        sums = torch.split(per_token, [len(r) for r in rows])
-        nonempty = [i for i in chunk if responses[i]]
-        for index, values in zip(nonempty, sums):
-            totals[index] = float(values.sum())
-    return totals
+    def __init__(self, model: Any, prompts: list[tuple[int, ...]], device: Any, pad_id: int) -> None:
+        import torch
+
+        self.model, self.device, self.pad_id = model, device, pad_id
+        self.index = {prompt: row for row, prompt in enumerate(prompts)}
+        self.width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), self.width), pad_id, dtype=torch.long)
+        self.mask = torch.zeros((len(prompts), self.width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, self.width - len(prompt):] = torch.tensor(prompt)
+            self.mask[row, self.width - len(prompt):] = 1
+        self.lengths = torch.tensor([len(p) for p in prompts])
+        # Left padding: positions must count real tokens only, or a padded prompt differs from the same prompt alone.
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        out = model.base_model(input_ids=ids.to(device), attention_mask=self.mask.to(device),
+                               position_ids=positions.to(device), use_cache=True)
+        self.cache = out.past_key_values
+        self.last_states = out.last_hidden_state[:, -1]  # the state after each prompt predicts response token 0
+
+    def response_states(self, items: Sequence[Item], rows: list[int]) -> Any:
+        """Final hidden states predicting each response token of ``rows`` (concatenated in row order)."""
+        import torch
+
+        owner = torch.tensor([self.index[tuple(items[i][0])] for i in rows])
+        responses = [items[i][1] for i in rows]
+        last_states = self.last_states[owner.to(self.device)]
+        # Response token j is predicted by the state after token j - 1, so the last token is never fed.
+        fed = max(len(r) for r in responses) - 1
+        if fed == 0:
+            return last_states
+        ids = torch.full((len(rows), fed), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), self.width + fed), dtype=torch.long)
+        mask[:, : self.width] = self.mask[owner]
+        for row, response in enumerate(responses):
+            ids[row, : len(response) - 1] = torch.tensor(response[:-1])
+            mask[row, self.width: self.width + len(response) - 1] = 1
+        positions = self.lengths[owner][:, None] + torch.arange(fed)[None, :]
+        cache = copy.deepcopy(self.cache)  # the window's encodings stay intact for its other passes
+        cache.batch_select_indices(owner.to(self.device))  # each row gets its prompt's cache
+        states = self.model.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                       position_ids=positions.to(self.device), past_key_values=cache,
+                                       use_cache=True).last_hidden_state
+        return torch.cat([torch.cat([last_states[row, None], states[row, : len(r) - 1]])
+                          for row, r in enumerate(responses)])
 
 
-def response_logprobs(model: Any, sequences: list[Item], *, max_batch_tokens: int = 4096,
-                      device: Any = None) -> list[float]:
-    """Sum of ``log p(response token | all before)`` over the response tokens of each (prompt, response).
-
-    Args:
-        sequences: (prompt ids, response ids) items; items with the same prompt share its forward pass.
-        max_batch_tokens: padded tokens (prompt included) per forward pass; a longer item runs alone.
-        device: where the inputs go (default: the device of the model's parameters).
-
-    Raises:
-        InputError: an empty prompt, or token ids outside the model's vocabulary.
-    """
-    import torch
-
+def _check_items(model: Any, sequences: Sequence[Item], max_batch_tokens: int) -> None:
     if max_batch_tokens < 1:
         raise InputError(f"got {max_batch_tokens}; expected an integer >= 1", field="max_batch_tokens")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     vocab = model.get_input_embeddings().num_embeddings
-    groups: dict[tuple[int, ...], list[int]] = {}
     for index, (prompt, response) in enumerate(sequences):
         if not prompt:
             raise InputError("empty prompt; expected at least one token before the response", record=index)
@@ -160,15 +225,59 @@ def response_logprobs(model: Any, sequences: list[Item], *, max_batch_tokens: in
         if lowest < 0 or highest >= vocab:
             raise InputError(f"token id {highest if highest >= vocab else lowest} outside the model's vocabulary "
                              f"of {vocab}; expected the policy's tokenizer", record=index)
-        groups.setdefault(tuple(prompt), []).append(index)
-    pad_id = getattr(model.config, "pad_token_id", None) or 0
-    token_logprobs = _TokenLogprobs(model)
-    totals = [0.0] * len(sequences)
-    with _eval_mode(model), torch.inference_mode():
-        for prompt, members in groups.items():
-            sums = _score_prompt_group(model, token_logprobs, list(prompt), [list(sequences[i][1]) for i in members],
-                                       max_batch_tokens, device, pad_id)
-            for index, value in zip(members, sums):
-                totals[index] = value
-    return totals
 
+
+def _sums(per_token: Any, items: Sequence[Item], rows: list[int], totals: list[float]) -> None:
+    for index, values in zip(rows, per_token.double().cpu().split([len(items[i][1]) for i in rows])):
+        totals[index] = float(values.sum())
+
+
+def paired_response_logprobs(policy: Any, reference: Any, sequences: list[Item], *, max_batch_tokens: int = 4096,
+                             device: Any = None) -> tuple[list[float], list[float]]:
+    """:func:`response_logprobs` of both models, on one pass plan (one shared projection when the heads are equal).
+
+    ``reference=None`` scores the policy alone (the second list is then empty).
+
+    Raises:
+        InputError: an empty prompt, or token ids outside a model's vocabulary.
+    """
+    import torch
+
+    models = [policy] if reference is None else [policy, reference]
+    for model in models:
+        _check_items(model, sequences, max_batch_tokens)
+    device = torch.device(device) if device is not None else next(policy.parameters()).device
+    heads = [_TokenLogprobs(model) for model in models]
+    is_shared = len(heads) == 2 and heads[0].is_same_as(heads[1])
+    totals = [[0.0] * len(sequences) for _ in models]
+    with _eval_mode(*models), torch.inference_mode():
+        for window in plan_windows(sequences, max_batch_tokens):
+            encoded = [_EncodedPrompts(m, window.prompts, device, getattr(m.config, "pad_token_id", None) or 0)
+                       for m in models]
+            for rows in window.passes:
+                targets = torch.tensor([t for i in rows for t in sequences[i][1]], device=device)
+                states = [prompts.response_states(sequences, rows) for prompts in encoded]
+                if is_shared:
+                    both = heads[0](torch.cat(states), torch.cat([targets, targets]))
+                    per_model = list(both.split(len(targets)))
+                else:
+                    per_model = [head(s, targets) for head, s in zip(heads, states)]
+                for values, model_totals in zip(per_model, totals):
+                    _sums(values, sequences, rows, model_totals)
+            del encoded
+    return totals[0], (totals[1] if reference is not None else [])
+
+
+def response_logprobs(model: Any, sequences: list[Item], *, max_batch_tokens: int = 4096,
+                      device: Any = None) -> list[float]:
+    """Sum of ``log p(response token | all before)`` over the response tokens of each (prompt, response).
+
+    Args:
+        sequences: (prompt ids, response ids) items; items with the same prompt in one pass share its encoding.
+        max_batch_tokens: padded tokens (prompt included) per forward pass; a longer item runs alone.
+        device: where the inputs go (default: the device of the model's parameters).
+
+    Raises:
+        InputError: an empty prompt, or token ids outside the model's vocabulary.
+    """
+    return paired_response_logprobs(model, None, sequences, max_batch_tokens=max_batch_tokens, device=device)[0]

@@ -8,7 +8,8 @@ Decisions (METHOD.md step 2, made exact):
   and ``response_ids = tokenizer(text, add_special_tokens=False).input_ids``. Only response tokens
   count; prompt and padding add nothing; no end-of-turn token is appended, so none is counted.
 - ``reward`` = sum over response positions of ``log p_policy - log p_reference`` (no mean, no beta);
-  the log-probabilities come from :func:`xlpref.logprobs.response_logprobs` (fp32, float64 sums).
+  the log-probabilities come from :func:`xlpref.logprobs.paired_response_logprobs` (fp32, float64 sums;
+  both models on one pass plan).
   When policy and reference are the same object the reference pass is skipped: reward 0.
 - Conditioning (:class:`RewardFunction`, registry kind ``reward``):
   ``cross-lingual`` = METHOD.md's prefix with the English language name + ``prompt_en``, plain
@@ -45,7 +46,7 @@ from typing import Any, Protocol
 
 from xlpref.errors import InputError
 from xlpref.languages import LANGUAGE_NAMES, cross_lingual_instruction
-from xlpref.logprobs import Item, response_logprobs
+from xlpref.logprobs import Item, paired_response_logprobs, response_logprobs
 
 __all__ = [
     "TRANSLATION_INSTRUCTION",
@@ -109,8 +110,10 @@ def check_same_tokenizer(policy_tokenizer: Any, reference_tokenizer: Any) -> Non
 def implicit_rewards(policy: Any, reference: Any, items: list[Item], **kw: Any) -> list[RewardScore]:
     """Implicit rewards of (prompt ids, response ids) items; ``kw`` goes to :func:`response_logprobs`."""
     check_same_vocabulary(policy, reference)
-    logp_policy = response_logprobs(policy, items, **kw)
-    logp_reference = logp_policy if reference is policy else response_logprobs(reference, items, **kw)
+    if reference is policy:
+        logp_policy = logp_reference = response_logprobs(policy, items, **kw)
+    else:  # one pass plan for both models, and one output projection when theirs are equal
+        logp_policy, logp_reference = paired_response_logprobs(policy, reference, items, **kw)
     scores = []
     for index, ((_, response), lp, lr) in enumerate(zip(items, logp_policy, logp_reference)):
         if not (math.isfinite(lp) and math.isfinite(lr)):
@@ -328,18 +331,20 @@ def score_records(records: list[dict], policy: Any, reference: Any, tokenizer: A
             if not todo:
                 continue
             start = time.perf_counter()
-            ready = {i: records[i] for i in todo}
             if hasattr(reward_fn, "prepare"):
                 # progress=False: one live progress display at a time (this one counts the block's records)
                 prepared = dict(zip(block, reward_fn.prepare([records[i] for i in block], policy, tokenizer,
                                                              progress=False)))
-                ready = {i: prepared[i] for i in todo}
-            for i in todo:
+            # The whole block is scored even when part of it is done: the same batches as an
+            # uninterrupted run, so a resumed run's rewards are equal to the last bit, not just to 1e-6.
+            ready = {i: (prepared[i] if hasattr(reward_fn, "prepare") else records[i]) for i in block}
+            for i in block:
                 if conditionings[i] not in prompt_ids:
                     prompt_ids[conditionings[i]] = prompt_token_ids(tokenizer, conditionings[i])
             items = [(prompt_ids[conditionings[i]], response_token_ids(tokenizer, reward_fn.scored_text(ready[i])))
-                     for i in todo]
-            scores = implicit_rewards(policy, reference, items, max_batch_tokens=max_batch_tokens)
+                     for i in block]
+            block_scores = dict(zip(block, implicit_rewards(policy, reference, items, max_batch_tokens=max_batch_tokens)))
+            scores = [block_scores[i] for i in todo]
             out = [{**ready[i], "reward": s.reward, "logp_policy": s.logp_policy, "logp_reference": s.logp_reference,
                     "n_response_tokens": s.n_response_tokens, "reward_type": reward_fn.name}
                    for i, s in zip(todo, scores)]
