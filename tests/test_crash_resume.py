@@ -3,12 +3,14 @@
 The tiny 2-iteration run (tests/fixtures/tiny_run.yaml) is started as a user would (``python -m
 harness.cli run``, its own process group) and killed with SIGKILL -- no handler runs, no file is
 closed -- at a random moment (seeded RNG) inside a stage, then started again with the same command,
-until it finishes. 21 kills are planned: 3 per evaluation, 2 for sampling, scoring + pairs and
-training each; a stage that ends before taking its kills passes them to the next one. A kill's moment
-is drawn once the stage loads its first model (a fresh process spends most of its first stage
-importing torch and trl before that), within the stage's duration from there in the uninterrupted
-run, a window shrunk by each kill already in that stage (a resumed stage keeps its finished work),
-so kills fall in model loading, generation, judging, scoring, pair building, training and saving.
+until it finishes. 24 kills are planned: 3 per evaluation and per scoring + pairs, 2 per sampling and
+training, 1 in the report written after the last stage (leaderboard, deltas); a stage that ends
+before taking its kills passes them to the next one, the last stage to the report. A kill's moment is
+drawn once the stage loads its first model (a fresh process spends most of its first stage importing
+torch and trl before that), within the stage's duration from there in the uninterrupted run, a window
+shrunk by each kill already in that stage (a resumed stage keeps its finished work) and halved after
+a stage ended before its kill (the machine got faster than during the uninterrupted run), so kills
+fall in model loading, generation, judging, scoring, pair building, training and saving.
 Where each kill landed is read from the run's stages.json. One more process is killed inside an
 atomic write of the manifest, a window too short to hit by chance.
 
@@ -19,8 +21,10 @@ comparison: times (``created``/``updated``/``finished``/``seconds``, trl's runti
 revision of the last start, two hashes of paths holding the run directory, and ``judge_calls.json``
 (the calls made by the last process: a resumed evaluation asks only for the pairs not yet cached).
 
-Budget: about 5 minutes on an idle 2-core machine (22 process starts at ~3 s of imports plus a
-model load each, the run's own minute of work twice, and the work each kill throws away).
+Budget: about 5 minutes on an idle 2-core machine (25 process starts at ~6 s of imports and a
+model load each, the run's own minute of work twice, and the work each kill throws away). A killed
+run that falls short of the plan (fewer than 20 kills, or a stage without one: timing on a busy
+machine) is checked all the same and then done once more.
 """
 
 from __future__ import annotations
@@ -36,11 +40,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tiny_run import POLL_S, REPO, STAGES, finished_stages, kill_group, start_tiny_run, watch
+from tiny_run import POLL_S, REPO, STAGES, Timeline, finished_stages, kill_group, start_tiny_run, watch
 
 SEED = 20250607
-#: Kills planned per stage (21 in all); a stage that ends before taking its kills passes them on.
-QUOTA = {stage: 3 if stage.startswith("eval/") else 2 for stage in STAGES}
+#: After the last stage, the run writes leaderboard.csv and deltas.csv (every restart redoes this).
+REPORT = "report"
+#: Kills planned per stage (24 in all); a stage that ends before taking its kills passes them on.
+QUOTA = {**{stage: 3 if stage.startswith("eval/") or stage.endswith("/pairs") else 2 for stage in STAGES},
+         REPORT: 1}
 MIN_KILLS = 20
 MAX_ATTEMPTS = 60
 #: Keys of time; everything else must be equal.
@@ -105,8 +112,8 @@ def _tail(path: Path) -> str:
 
 
 
-class MissedKill(Exception):
-    """The run finished before the planned kill (timing on a busy machine)."""
+class ShortOfKills(Exception):
+    """The run finished with fewer kills than planned, or none in some stage (timing on a busy machine)."""
 
 
 class KillPlan:
@@ -115,11 +122,16 @@ class KillPlan:
     def __init__(self) -> None:
         self.quota = dict(QUOTA)
         self.hits: Counter = Counter()
+        # Kill windows are scaled down after a stage ended before its kill (this machine now runs
+        # faster than during the uninterrupted run) and back up after each kill that landed.
+        self.scale = 1.0
 
     def target(self, finished: list[str]) -> str | None:
-        pending = [s for s in STAGES if s not in finished]
+        """None when every kill is done (the run may finish)."""
+        # Kills left over at the end go to the report, which every restart of a finished run redoes.
+        pending = [s for s in STAGES if s not in finished] + [REPORT]
         for stage in STAGES:  # a finished stage's kills left over go to the first unfinished one
-            if stage in finished and self.hits[stage] < self.quota[stage] and pending:
+            if stage in finished and self.hits[stage] < self.quota[stage]:
                 self.quota[pending[0]] += self.quota[stage] - self.hits[stage]
                 self.quota[stage] = self.hits[stage]
         return next((s for s in pending if self.hits[s] < self.quota[s]), None)
@@ -128,39 +140,41 @@ class KillPlan:
 def _kill_once(proc, run_dir: Path, log_path: Path, rng: random.Random, plan: KillPlan, span) -> dict | None:
     """SIGKILL the run at a random moment in the stage the plan aims at; None when it ran to the end."""
     started = time.time()
-    timeline = None
-    while True:
+    timeline = Timeline(started=time.monotonic())
+    manifest = run_dir / "manifest.json"
+    while proc.poll() is None:
         target = plan.target(finished_stages(run_dir))
         if target is None:
-            timeline = watch(proc, run_dir, log_path, timeline=timeline)
-            assert timeline.returncode == 0, _tail(log_path)
-            return None
+            watch(proc, run_dir, log_path, timeline=timeline)
+            break
         # The moment is drawn once the stage loads its first model (a fresh process spends most of
         # its first stage importing torch and trl before that), within the stage's duration from
         # there in the uninterrupted run: the first kill in a stage within 60% of it, each further
         # kill within 60% of the previous window, as a resumed stage keeps its finished work.
-        timeline = watch(proc, run_dir, log_path, until_working=target, timeline=timeline)
-        if timeline.returncode == 0:
-            # A timing miss, not a resume bug: the plan's stage ended between two polls of a loaded
-            # machine and the run went on to the end. The test starts a fresh killed run (once).
-            raise MissedKill(f"the run ended before the kill aimed at {target}")
-        if timeline.returncode is not None:
-            pytest.fail(f"the resumed run exited {timeline.returncode} before stage {target} ended:\n"
-                        f"{_tail(log_path)}")
-        delay = rng.uniform(0.0, 0.6 ** (plan.hits[target] + 1)) * span(target)
+        if target == REPORT:  # once this process is past every stage (it rewrote the manifest first)
+            while proc.poll() is None and not (finished_stages(run_dir) == list(STAGES) and manifest.exists()
+                                               and manifest.stat().st_mtime >= started):
+                time.sleep(POLL_S)
+        else:
+            watch(proc, run_dir, log_path, until_working=target, timeline=timeline)
+        delay = rng.uniform(0.0, 0.6 ** (plan.hits[target] + 1)) * span(target) * plan.scale
         until = time.monotonic() + delay
         while time.monotonic() < until and proc.poll() is None and target not in finished_stages(run_dir):
             time.sleep(POLL_S)
         if proc.poll() is not None:
-            pytest.fail(f"the run exited {proc.returncode} in stage {target} without a kill:\n{_tail(log_path)}")
+            break
         if target in finished_stages(run_dir):
+            plan.scale /= 2
             continue  # it ended before the kill: the plan passes the kill on
+        plan.scale = min(1.0, plan.scale * 1.25)
         kill_group(proc)
-        landed = next((s for s in STAGES if s not in finished_stages(run_dir)), "after the last stage")
+        landed = next((s for s in STAGES if s not in finished_stages(run_dir)), REPORT)
         plan.hits[landed] += 1
         return {"target": target, "landed": landed, "delay_s": round(delay, 2),
                 "process_s": round(time.monotonic() - timeline.started, 2),
                 "written": _written_since(run_dir, started), "left": _leftovers(run_dir)}
+    assert proc.returncode == 0, f"the resumed run exited {proc.returncode}:\n{_tail(log_path)}"
+    return None
 
 
 def _die_inside_atomic_write(target: Path) -> None:
@@ -190,9 +204,9 @@ def test_sigkill_in_every_stage_then_resume_equals_uninterrupted_run(tiny_refere
     for attempt in range(2):
         try:
             return _sigkill_run(tiny_reference_run, tmp_path / f"try{attempt}")
-        except MissedKill as exc:
+        except ShortOfKills as exc:  # every check of the finished run passed; only the kill plan fell short
             if attempt == 1:
-                pytest.fail(f"kills missed their stage twice: {exc}")
+                pytest.fail(f"two killed runs fell short of the kill plan: {exc}")
 
 
 def _sigkill_run(tiny_reference_run, tmp_path: Path) -> None:
@@ -203,10 +217,15 @@ def _sigkill_run(tiny_reference_run, tmp_path: Path) -> None:
     rng, plan = random.Random(SEED), KillPlan()
     kills: list[dict] = []
     start = time.monotonic()
+
+    def span(stage: str) -> float:
+        if stage == REPORT:
+            return reference.wall_s - reference.finished_s[STAGES[-1]]
+        return reference.span(stage)
+
     for attempt in range(MAX_ATTEMPTS):
         log_path = tmp_path / f"attempt_{attempt:02d}.log"
-        kill = _kill_once(start_tiny_run(run_dir, log_path, tmp_dir=tmp_dir), run_dir, log_path, rng, plan,
-                          reference.span)
+        kill = _kill_once(start_tiny_run(run_dir, log_path, tmp_dir=tmp_dir), run_dir, log_path, rng, plan, span)
         if kill is None:
             break
         kills.append({"attempt": attempt, **kill})
@@ -221,9 +240,6 @@ def _sigkill_run(tiny_reference_run, tmp_path: Path) -> None:
     for kill in kills:
         print(kill)
 
-    assert len(kills) >= MIN_KILLS
-    missed = [s for s in STAGES if plan.hits[s] == 0]
-    assert not missed, f"no kill landed in {missed}: {kills}"
     assert finished_stages(run_dir) == list(STAGES)
     assert not _leftovers(run_dir), "partial record logs or temporary files left behind"
     # trl's working folder (in TMPDIR) of a killed training stays behind, but empty (no checkpoints).
@@ -233,3 +249,6 @@ def _sigkill_run(tiny_reference_run, tmp_path: Path) -> None:
     assert sorted(got) == sorted(expected), "the killed run's files differ from the uninterrupted run's"
     differing = [name for name in expected if got[name] != expected[name]]
     assert not differing, f"differing artifacts: {differing}"
+    missed = [s for s in STAGES if plan.hits[s] == 0]
+    if len(kills) < MIN_KILLS or missed:
+        raise ShortOfKills(f"{len(kills)} kills (at least {MIN_KILLS} wanted), none in {missed}")
