@@ -91,9 +91,9 @@ def run_suite(sections: list[str], *, quick: bool = False, model: str = "gemma-3
 # -- rows: the results as plain data ----------------------------------------------------------------
 
 def _row(section: str, measure: str, ours: Any, naive: Any = None, *, target: str = "", met: bool | None = None,
-         unit: str = "", ratio: float | None = None) -> dict:
-    if ratio is None and isinstance(ours, (int, float)) and isinstance(naive, (int, float)) and naive:
-        ratio = ours / naive
+         unit: str = "", has_ratio: bool = True) -> dict:
+    is_number = isinstance(ours, (int, float)) and isinstance(naive, (int, float)) and naive
+    ratio = ours / naive if has_ratio and is_number else None
     return {"section": section, "measure": measure, "ours": ours, "naive": naive, "unit": unit, "ratio": ratio,
             "target": target, "met": met}
 
@@ -115,13 +115,13 @@ def _scoring_rows(data: dict) -> list[dict]:
         relative = k["max_relative_reward_difference"]
         rows.append(_row("scoring", f"K={k['k']} max |reward - naive's| / |log p| (abs "
                          f"{k['max_abs_reward_difference']:.1e} nats)", relative, unit="rel", target="<= 1e-4",
-                         met=relative <= 1e-4, ratio=None))
+                         met=relative <= 1e-4, has_ratio=False))
     growth = data["memory_growth"]
     short, long = sorted(growth["ours"], key=int)
     ours_growth = growth["ours"][long] / max(growth["ours"][short], 1.0)
     naive_growth = growth["naive"][long] / max(growth["naive"][short], 1.0)
     rows.append(_row("scoring", f"peak memory growth, response {short} -> {long} tokens", ours_growth, naive_growth,
-                     unit="x", target="ours < 1.5x", met=ours_growth < 1.5, ratio=None))
+                     unit="x", target="ours < 1.5x", met=ours_growth < 1.5, has_ratio=False))
     bf16 = data["bf16"]
     rows.append(_row("scoring", "bf16 matmul rate vs fp32 (decision: " + bf16["decision"] + ")",
                      bf16["bf16_matmul_gflops"], bf16["fp32_matmul_gflops"], unit="GFLOP/s"))
@@ -136,7 +136,7 @@ def _sampling_rows(data: dict) -> list[dict]:
                  met=hf["batch_tokens_per_s"] / hf["single_tokens_per_s"] >= 4)]
     vllm = data.get("vllm", {})
     if "error" in vllm:
-        rows.append(_row("sampling", "vLLM", f"not measured: {vllm['error']}"))
+        rows.append(_row("sampling", f"vLLM not measured: {vllm['error']}", None))
         return rows
     for run in vllm["sampling"]:
         rate = run["tokens_per_s"]
@@ -159,8 +159,8 @@ def _training_rows(data: dict) -> list[dict]:
                  unit="pairs/s", target=">= 1.3x",
                  met=data["pairs_per_s"]["ours"] / data["pairs_per_s"]["naive"] >= 1.3)]
     difference = data["first_loss_difference"]
-    rows.append(_row("training", "first-step loss |ours - trl defaults|", difference, unit="", target="<= 1e-4",
-                     met=None if difference is None else difference <= 1e-4, ratio=None))
+    rows.append(_row("training", "first-step loss |ours - trl defaults|", difference, unit="abs", target="<= 1e-4",
+                     met=None if difference is None else difference <= 1e-4, has_ratio=False))
     return rows
 
 
@@ -169,7 +169,7 @@ def _judging_rows(data: dict) -> list[dict]:
                  data["items_per_s"]["naive"], unit="items/s")]
     cached = data["cached"]
     rows.append(_row("judging", "fully cached re-evaluation: model calls", cached["cached_calls"],
-                     cached["first_calls"], unit="calls", target="0", met=cached["cached_calls"] == 0, ratio=None))
+                     cached["first_calls"], unit="calls", target="0", met=cached["cached_calls"] == 0, has_ratio=False))
     return rows
 
 
@@ -181,7 +181,8 @@ def _e2e_rows(data: dict) -> list[dict]:
             continue
         label = "reduced demo iteration (fresh)" if source == "fresh_run" else f"run {run.get('run_dir', '')}"
         if "error" in run:
-            rows.append(_row("e2e", label, f"not available: {run['error']}"))
+            if source == "fresh_run" or "stages" not in data.get("fresh_run", {}):
+                rows.append(_row("e2e", f"{label}: not available: {run['error']}", None))
             continue
         stages = {row["stage"]: row["seconds"] for row in run["stages"]}
         parts = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in stages.items() if name != "total")
@@ -198,12 +199,12 @@ def summary_rows(results: dict) -> list[dict]:
     rows = []
     for name, data in results["sections"].items():
         if "error" in data:
-            rows.append(_row(name, "section failed", data["error"]))
+            rows.append(_row(name, f"section failed: {data['error']}", None))
             continue
         try:
             rows.extend(ROW_BUILDERS[name](data))
         except (KeyError, TypeError, ZeroDivisionError) as exc:
-            rows.append(_row(name, "incomplete results", f"{type(exc).__name__}: {exc}"))
+            rows.append(_row(name, f"incomplete results: {type(exc).__name__}: {exc}", None))
     return rows
 
 
@@ -216,7 +217,7 @@ def _format(value: Any, unit: str) -> str:
         return value
     if unit == "%":
         return f"{value:.0%}"
-    if unit == "rel" or (isinstance(value, float) and 0 < abs(value) < 1e-2):
+    if unit in ("rel", "abs") or (isinstance(value, float) and 0 < abs(value) < 1e-2):
         return f"{value:.1e}"
     if isinstance(value, float):
         return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
