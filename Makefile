@@ -29,6 +29,7 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/xlpref models prepare gemma-3-270m
+	$(VENV)/bin/xlpref models prepare gemma-3-270m-en-dpo
 	$(VENV)/bin/xlpref run configs/demo.yaml --iterations 1
 
 test: install

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -22,7 +23,11 @@ from harness.results import read_rows
 
 
 def run_leaderboard(ctx: Any) -> list[Table]:
-    """Tables for a finished run; also writes RUN/leaderboard.csv and RUN/deltas.csv."""
+    """Tables for a finished run; also writes RUN/leaderboard.csv and RUN/deltas.csv.
+
+    With ``evaluation.results_dir`` set, both files and the run's ``stages.json`` are copied to
+    ``RESULTS/<run>-run/`` beside the rows, so the committed results are what the run wrote.
+    """
     rows = sorted(read_rows(ctx.store.path("results"), include_published=False), key=lambda r: r.iteration)
     if not rows:
         return []
@@ -43,4 +48,20 @@ def run_leaderboard(ctx: Any) -> list[Table]:
         from xlpref.jsonio import write_text_atomic
 
         write_text_atomic(ctx.store.path("deltas.csv"), pd.concat(deltas).to_csv(index=False))
+    if ctx.config.evaluation.results_dir:
+        publish_run_files(ctx)
     return tables
+
+
+def publish_run_files(ctx: Any) -> Path:
+    """Copy the run's leaderboard.csv, deltas.csv and stages.json to ``RESULTS/<run>-run/`` (atomically)."""
+    from harness.store import safe_join
+    from xlpref.jsonio import write_text_atomic
+
+    out = safe_join(ctx.config.evaluation.results_dir, f"{ctx.config.name}-run")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("leaderboard.csv", "deltas.csv", "stages.json"):
+        source = Path(ctx.store.path(name))
+        if source.is_file():
+            write_text_atomic(out / name, source.read_text(encoding="utf-8"))
+    return out

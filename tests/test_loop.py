@@ -172,3 +172,18 @@ def test_config_extends_and_overrides(tmp_path):
     assert config.name == "child" and config.sampling.n == 5
     assert config.sampling.max_new_tokens == 12  # kept from the base
     assert config.run_dir == Path.cwd() / "runs" / "child"
+
+
+def test_run_files_are_published_beside_the_rows(reference_run, tmp_path):
+    """With evaluation.results_dir set, RESULTS/<run>-run/ holds the run's own leaderboard, deltas and stages."""
+    from types import SimpleNamespace
+
+    from harness.run_report import publish_run_files
+    from harness.store import RunStore
+
+    config = load_config(TINY, overrides={"run_dir": str(reference_run),
+                                          "evaluation": {"results_dir": str(tmp_path / "results")}})
+    out = publish_run_files(SimpleNamespace(config=config, store=RunStore(reference_run)))
+    assert out == (tmp_path / "results" / "tiny-run").resolve()
+    for name in ("leaderboard.csv", "deltas.csv", "stages.json"):
+        assert (out / name).read_bytes() == (reference_run / name).read_bytes()
