@@ -77,7 +77,8 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=8)
-    precompute_ref_log_probs: bool = False
+    precompute_ref_log_probs: bool = True  # speed settings; false for both = trl's defaults
+    completion_only_head: bool = True
     languages: Optional[list[str]] = Field(None, description="train only on these languages' pairs (e.g. [en])")
     report_to: list[str] = Field(default_factory=list)
     launcher: Literal["none", "accelerate", "torchrun"] = "none"

@@ -67,7 +67,21 @@ def test_plain_template_for_a_tokenizer_without_one():
     turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
              {"role": "user", "content": "Bye"}]
     text = tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-    assert text == "<s>User: Hi\n\nAssistant: Hello!<end_of_turn>\n\nUser: Bye\n\nAssistant: "
+    assert text == "<s>User: Hi\n\nAssistant:\nHello!<end_of_turn>\n\nUser: Bye\n\nAssistant:\n"
+
+
+def test_plain_template_prompt_tokens_are_a_prefix_of_prompt_and_answer():
+    # What trl trains on (prompt + answer, tokenized together) must start with what the sampler and
+    # the scorer condition on (the prompt alone): no token may merge across the turn boundary.
+    _, tok = xmodels.build_tiny_model("tiny-random-llama")
+    tok.chat_template = None
+    xmodels.ensure_chat_template(tok)
+    # (with a trailing space after "Assistant:", "The", "sea" and "Море" failed: " The" is one token)
+    for answer in ("The sea is calm.", "sea", "Море", "  leading spaces", "今天"):
+        user = [{"role": "user", "content": "Say something."}]
+        prompt = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=True)["input_ids"]
+        full = tok.apply_chat_template(user + [{"role": "assistant", "content": answer}], tokenize=True)["input_ids"]
+        assert full[: len(prompt)] == prompt, answer
 
 
 def test_prepared_tiny_folder_loads_with_the_same_weights(cache):

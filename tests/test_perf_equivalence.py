@@ -56,9 +56,10 @@ def test_plan_encodes_each_prompt_once_and_keeps_passes_within_budget():
             for rows in window.passes:
                 assert all(tuple(items[i][0]) in window.prompts for i in rows)
                 assert len(rows) == 1 or len(rows) * (width + len(items[rows[0]][1])) <= budget
-    # with a large budget, one pass mixes prompts of different lengths (the left-padded path)
-    first = logprobs.plan_windows(items, 10**6)[0].passes[0]
-    assert len({len(items[i][0]) for i in first}) > 1
+                assert all(len(items[i][1]) >= logprobs.MIN_FILL * len(items[rows[0]][1]) for i in rows)
+    # with a large budget, a pass mixes prompts of different lengths (the left-padded path)
+    passes = [rows for w in logprobs.plan_windows(items, 10**6) for rows in w.passes]
+    assert any(len({len(items[i][0]) for i in rows}) > 1 for rows in passes)
 
 
 @pytest.mark.parametrize("budget", [1, 64, 10**6])
@@ -123,15 +124,19 @@ def test_bench_summary_rows_state_targets():
     per_k = {"k": 10, "tokens_per_s": {"ours": 30.0, "naive": 12.0}, "peak_mib": {"ours": 600.0, "naive": 2400.0},
              "matmul_gflops": 100.0, "utilisation": {"ours": 0.65, "naive": 0.26}, "max_abs_reward_difference": 2e-5,
              "max_relative_reward_difference": 1e-7}
-    scoring = {"per_k": [per_k], "memory_growth": {"ours": {"256": 520.0, "1024": 530.0},
+    per_k["prompt_tokens"] = [90, 130]
+    short = {**per_k, "tokens_per_s": {"ours": 30.0, "naive": 20.0}, "prompt_tokens": [36, 36], "is_short_prompts": True}
+    scoring = {"per_k": [per_k, short], "memory_growth": {"ours": {"256": 520.0, "1024": 530.0},
                                                    "naive": {"256": 512.0, "1024": 2048.0}},
                "bf16": {"bf16_matmul_gflops": 0.3, "fp32_matmul_gflops": 100.0, "decision": "fp32"}}
     judging = {"batch_size": 8, "items_per_s": {"ours": 2.0, "naive": 1.0},
                "cached": {"cached_calls": 0, "first_calls": 16}}
     rows = summary_rows({"sections": {"scoring": scoring, "judging": judging, "training": {"error": "boom"}}})
     by_measure = {row["measure"]: row for row in rows}
-    assert by_measure["K=10 response tokens/s (2 models)"]["ratio"] == pytest.approx(2.5)
-    assert by_measure["K=10 response tokens/s (2 models)"]["met"] is True
+    assert by_measure["K=10 response tokens/s (2 models; prompt 130 tokens)"]["ratio"] == pytest.approx(2.5)
+    assert by_measure["K=10 response tokens/s (2 models; prompt 130 tokens)"]["met"] is True
+    short_row = by_measure["K=10 response tokens/s (2 models; short prompts, prompt 36 tokens)"]
+    assert short_row["ratio"] == pytest.approx(1.5) and short_row["met"] is None and short_row["target"] == ""
     assert by_measure["K=10 useful-FLOP utilisation (of 100 GFLOP/s)"]["met"] is True
     assert by_measure["peak memory growth, response 256 -> 1024 tokens"]["met"] is True
     assert by_measure["fully cached re-evaluation: model calls"]["met"] is True

@@ -91,6 +91,49 @@ def test_ipo_with_precomputed_reference_and_nll_weight_matches_the_formula(tmp_p
     assert result.first_loss == pytest.approx(25.0 + 0.5 * float(-chosen_logps.mean()), abs=1e-4)
 
 
+def test_speed_settings_keep_losses_and_weights_and_project_only_completions(tmp_path, monkeypatch):
+    # trl's defaults (reference pass every step, LM head at every position off CUDA) against ours:
+    # the same loss history and weights; with ours the head sees exactly the completion tokens.
+    import copy
+
+    import trl.trainer.utils as trl_utils
+
+    rows: list[int] = []
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class Counting(chunked):
+        @staticmethod
+        def forward(ctx, hidden, *args):
+            rows.append(hidden.shape[0])
+            return chunked.forward(ctx, hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
+    model, tokenizer = build_tiny_model("tiny-random-llama")
+    results, weights, seen = {}, {}, {}
+    for name, options in {"trl": dict(precompute_ref_log_probs=False, completion_only_head=False),
+                          "ours": {}}.items():
+        rows.clear()
+        trained = copy.deepcopy(model)
+        config = TrainConfig(epochs=2, learning_rate=1e-3, batch_size=4, max_length=128, **options)
+        results[name] = train_dpo((trained, tokenizer), PAIRS, tmp_path / name, config, progress=False)
+        weights[name], seen[name] = trained, list(rows)
+    assert trl_utils._use_triton is not None and not trl_utils._use_triton(torch.device("cpu"))  # restored
+    losses = {name: [row["loss"] for row in r.metrics["loss_history"]] for name, r in results.items()}
+    assert losses["ours"] == pytest.approx(losses["trl"], abs=1e-4)
+    assert max_weight_change(weights["trl"], weights["ours"]) < 1e-4
+    # the completion tokens of chosen and rejected (end-of-turn included), as trl labels them
+    completion_tokens = 0
+    for p in PAIRS:
+        user = [{"role": "user", "content": p["prompt"]}]
+        prompt_ids = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True)["input_ids"]
+        for side in ("chosen", "rejected"):
+            full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": p[side]}],
+                                                 tokenize=True)["input_ids"]
+            completion_tokens += len(full) - len(prompt_ids)
+    assert sum(seen["ours"]) == 3 * completion_tokens  # the reference once before training, then two epochs
+    assert sum(seen["trl"]) > 4 * 2 * completion_tokens  # every position, policy and reference at each step
+
+
 def test_full_training_moves_weights_and_widens_the_margin(tmp_path, tiny):
     import copy
 

@@ -53,6 +53,11 @@ LOGITS_CHUNK_ELEMENTS = 1 << 28
 #: Rows x vocabulary per log-softmax call inside a chunk (fp32: 64 MiB of temporary output).
 LOG_SOFTMAX_ELEMENTS = 1 << 24
 
+#: A response joins a pass only if it is at least this fraction of the pass's longest (sorted
+#: longest first), so padding stays under a quarter of each row; the body's work on padding is waste
+#: (measured on Gemma-3-270M, K = 10: 12% less time than filling passes up to the token budget).
+MIN_FILL = 0.75
+
 #: (id, id) of two compared weights -> (weak references to both, their versions, equal?)
 _EQUAL_WEIGHTS: dict[tuple[int, int], tuple] = {}
 
@@ -84,8 +89,9 @@ class Window:
 def plan_windows(items: Sequence[Item], max_batch_tokens: int) -> list[Window]:
     """Prompts (first-appearance order) in windows of at most ``max_batch_tokens`` padded prompt tokens,
     each with its items' responses longest first, cut into passes of at most ``max_batch_tokens``
-    padded tokens (rows x (the window's longest prompt + the pass's longest response)); a single
-    longer prompt or item runs alone. Items without a response need no pass.
+    padded tokens (rows x (the window's longest prompt + the pass's longest response)) whose rows
+    are all at least :data:`MIN_FILL` of the pass's longest response; a single longer prompt or item
+    runs alone. Items without a response need no pass.
     """
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, (prompt, response) in enumerate(items):
@@ -108,7 +114,9 @@ def plan_windows(items: Sequence[Item], max_batch_tokens: int) -> list[Window]:
                        key=lambda i: (-len(items[i][1]), rank[tuple(items[i][0])], i))
         for index in order:
             rows = window.passes[-1] if window.passes else None
-            if rows and (len(rows) + 1) * (width + len(items[rows[0]][1])) <= max_batch_tokens:
+            longest = len(items[rows[0]][1]) if rows else 0
+            fits = rows and (len(rows) + 1) * (width + longest) <= max_batch_tokens
+            if fits and len(items[index][1]) >= MIN_FILL * longest:  # bounded padding per row
                 rows.append(index)
             else:
                 window.passes.append([index])

@@ -9,7 +9,9 @@ Specs:
   with a real (byte-level BPE) tokenizer and a chat template, for tests.
 
 Base models without a chat template get :data:`PLAIN_CHAT_TEMPLATE`, a documented plain turn
-template (``User: ...\\n\\nAssistant: ``). Device and dtype: CPU fp32 by default, CUDA + bf16 when a
+template (``User: ...\\n\\nAssistant:\\n``; the turn ends on a newline, a token of its own, so the
+prompt's tokens are a prefix of prompt + answer's -- a trailing space would merge into the answer's
+first token). Device and dtype: CPU fp32 by default, CUDA + bf16 when a
 GPU is available. ``trust_remote_code`` is off unless the caller sets it explicitly. Weights are read
 as safetensors: a local folder holding only pickled ``*.bin`` weights is refused unless the caller
 passes ``allow_pickle_weights=True`` (then transformers reads them with ``torch.load(weights_only=True)``,
@@ -42,9 +44,9 @@ PLAIN_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
     "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token + '\n\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ 'Assistant:\n' + message['content'] + eos_token + '\n\n' }}"
     "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:\n' }}{% endif %}"
 )
 
 GEMMA_SPEC = "gemma-3-270m"
@@ -52,7 +54,7 @@ TINY_SPECS = ("tiny-random-llama", "tiny-random-gemma3")
 #: The demo's English DPO model (pi_dpo), trained from GEMMA_SPEC by xlpref.training on first use.
 ENGLISH_DPO_SPEC = "gemma-3-270m-en-dpo"
 BUILTIN_SPECS = (GEMMA_SPEC, ENGLISH_DPO_SPEC, *TINY_SPECS)
-_CONVERSION_VERSION = "1"
+_CONVERSION_VERSION = "2"  # 2: the plain chat template ends its turn header with a newline
 
 
 def cache_dir() -> Path:

@@ -15,9 +15,13 @@ How trl 1.16 expresses it (read from ``trl/trainer/dpo_trainer.py``):
 - Pairs are given to trl in conversational form (``[{"role": "user", ...}]``), so trl applies the
   tokenizer's chat template (base models get :data:`xlpref.models.PLAIN_CHAT_TEMPLATE`); the
   completion includes the template's end-of-turn token, which teaches the model to stop.
-- The reference model is the starting policy: a frozen copy for full fine-tuning, the base with the
-  adapter disabled for LoRA, or reference log-probs computed once before training
-  (``precompute_ref_log_probs``).
+- The reference model is the starting policy. By default its log-probs are computed once before
+  training (``precompute_ref_log_probs``, reused every epoch); without that, a frozen copy for full
+  fine-tuning, or the base with the adapter disabled for LoRA, runs at every step.
+- trl's fused LM head computes log-probs in vocabulary tiles without the full logits; by default
+  it also runs only at completion positions on CPU (``completion_only_head``; trl does so on
+  CUDA/XPU already). Both speed settings keep the values (``make bench``'s training section shows
+  the first loss of both and the pairs/s against trl's defaults).
 
 Output folder: a complete ``save_pretrained`` folder (safetensors) with the tokenizer and its chat
 template. **LoRA adapters are merged into the base before saving**, so ``xlpref.models.load_model(OUT)``
@@ -40,6 +44,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -52,6 +57,8 @@ from typing import Any, Iterator, Protocol
 
 from xlpref.errors import InputError
 from xlpref.jsonio import iter_jsonl, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 LOSSES = ("sigmoid", "ipo", "kto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
@@ -79,7 +86,9 @@ class TrainConfig:
     grad_accum: int = 1
     max_length: int = 512  # prompt + response tokens; longer sequences keep their start
     max_prompt_length: int | None = None  # instruction tokens kept (its end), template not counted
-    precompute_ref_log_probs: bool = False
+    # Speed settings (same values, less work; benchmarks/perf/bench_training.py measures them against trl's defaults):
+    precompute_ref_log_probs: bool = True  # the reference's log-probs once, before training, reused every epoch
+    completion_only_head: bool = True  # the LM head only at completion positions, on every device
     seed: int = 42
     report_to: list[str] = field(default_factory=list)
     num_processes: int = 1  # processes of the training group (started by xlpref.distributed); must match it
@@ -305,7 +314,8 @@ def train_dpo(model: str | tuple, pairs: list[dict], output_dir: str | Path, con
     policy, tokenizer = _load(model)
     use_cuda = torch.cuda.is_available()
     dataset = _conversational(pairs, config.loss, config.max_prompt_length, tokenizer, config.seed)
-    with tempfile.TemporaryDirectory(prefix="xlpref-train-") as work_dir:
+    with tempfile.TemporaryDirectory(prefix="xlpref-train-") as work_dir, \
+            _completion_only_head(config.completion_only_head):
         trainer = _build_trainer(policy, tokenizer, dataset, config, work_dir, use_cuda=use_cuda, progress=progress)
         accelerator = trainer.accelerator
         _check_world_size(config.num_processes, accelerator.num_processes)
@@ -395,6 +405,34 @@ def _build_trainer(policy: Any, tokenizer: Any, dataset: Any, config: TrainConfi
 
         trainer.remove_callback(PrinterCallback)  # the log lines transformers prints instead of a bar
     return trainer
+
+
+@contextlib.contextmanager
+def _completion_only_head(is_enabled: bool) -> Iterator[None]:
+    """Project only the positions that carry a label through the LM head, on every device.
+
+    trl 1.16's fused LM head (``trl.trainer.utils.add_fused_lm_head``, which computes the log-probs in
+    vocabulary tiles without the full logits) scores only the labelled positions where Triton folds
+    the tiles (CUDA, XPU); on other devices it projects *every* position -- prompt and padding
+    included -- and masks the results afterwards, so that tile shapes stay fixed for compilers
+    (Neuron). On CPU nothing is compiled, and with Gemma's 262k vocabulary the projection is most
+    of a step, so trl's own choice (``trl.trainer.utils._use_triton``, read only for this decision)
+    is set to "compact" while the trainer lives. The values are the same: only rows whose results
+    trl would have zeroed are left out (``tests/test_training.py`` compares the first loss).
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if not is_enabled or original is None:
+        if is_enabled:
+            log.warning("this trl has no trl.trainer.utils._use_triton; the LM head runs at every position")
+        yield
+        return
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 @contextlib.contextmanager

@@ -1,9 +1,13 @@
 """Implicit-reward scoring: our scorer against the naive one, interleaved in one process.
 
-Workload: the bundled mini training prompts under METHOD.md's cross-lingual conditioning (languages
-cycled), K responses per prompt cut from the mini set's reference answers (all six languages) at
-seeded offsets and seeded lengths in ``[min_tokens, max_tokens]`` -- real multilingual text, lengths
-spread the way sampled responses are. Models: pi_ref = ``model``; pi_dpo = the demo's English DPO model
+Workload: training prompts under METHOD.md's cross-lingual conditioning (languages cycled) -- the
+shared data's real training prompts (``DATA/train_prompts/random_100``, median 112 tokens with
+the conditioning and template) when present, else the bundled mini prompts (about 36 tokens) --
+and K responses per prompt cut from the mini set's reference answers (all six languages) at seeded
+offsets and seeded lengths in ``[min_tokens, max_tokens]``: real multilingual text, lengths spread
+the way sampled responses are. The JSON says which prompts were used. A second measurement at
+K = 10 on the short mini prompts shows the other end (less prompt work for the naive scorer to
+repeat). Models: pi_ref = ``model``; pi_dpo = the demo's English DPO model
 when it is already built (``~/.cache/xlpref/models/gemma-3-270m-en-dpo``), otherwise ``model`` with a
 seeded rank-16 update merged into every linear layer of the body (what a merged LoRA is: different
 weights, the same tied embeddings). The JSON says which.
@@ -41,7 +45,9 @@ class ScoringConfig:
     model: str = "gemma-3-270m"
     groups: dict[int, int] = field(default_factory=lambda: {4: 2, 10: 2})  # K -> prompts
     min_tokens: int = 32
-    max_tokens: int = 160
+    max_tokens: int = 256
+    prompts: str = "train"  # "train": the shared training prompts when present (else mini); "mini"
+    short_prompts_k: int | None = 10  # also measure this K on the mini prompts (None: skip)
     repeats: int = 1
     max_batch_tokens: int = 4096
     memory_lengths: tuple[int, int] = (256, 1024)
@@ -49,7 +55,8 @@ class ScoringConfig:
 
     @classmethod
     def quick(cls, model: str = "gemma-3-270m") -> "ScoringConfig":
-        return cls(model=model, groups={4: 1, 10: 1}, min_tokens=16, max_tokens=64, memory_lengths=(256, 768))
+        return cls(model=model, groups={4: 1, 10: 1}, min_tokens=16, max_tokens=64, memory_lengths=(256, 768),
+                   short_prompts_k=None)
 
 
 # -- models and workload ------------------------------------------------------------------------
@@ -84,15 +91,25 @@ def load_scoring_models(spec: str) -> tuple[Any, Any, Any, str]:
     return perturbed_copy(reference), reference, tokenizer, f"{spec} + seeded rank-16 update (a merged LoRA stand-in)"
 
 
+def english_prompts(source: str = "train") -> tuple[list[str], str]:
+    """English training instructions and where they came from (the shared data's, else the mini set's)."""
+    from xlpref.data import MINI_DIR, default_data_dir, load_train_prompts
+
+    shared = default_data_dir() / "train_prompts" / "random_100"
+    folder = shared if source == "train" and (shared / "en.jsonl").is_file() else MINI_DIR / "train_prompts" / "mini"
+    english = load_train_prompts(folder, ["en"])["en"]
+    return [p.instruction for p in english], str(folder)
+
+
 def scoring_items(tokenizer: Any, n_prompts: int, k: int, min_tokens: int, max_tokens: int,
-                  seed: int = 0) -> list[tuple[list[int], list[int]]]:
+                  seed: int = 0, *, prompts: str = "mini") -> list[tuple[list[int], list[int]]]:
     """``n_prompts`` cross-lingual prompts x ``k`` responses of seeded lengths (token ids)."""
-    from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs, load_train_prompts
+    from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs
     from xlpref.languages import cross_lingual_instruction
     from xlpref.reward import prompt_token_ids, response_token_ids
 
     langs = ["es", "de", "fr", "ru", "zh", "en"]
-    english = load_train_prompts(MINI_DIR / "train_prompts" / "mini", ["en"])["en"]
+    english, _ = english_prompts(prompts)
     instructions = load_instructions(MINI_DIR / "x_alpacaeval" / "instructions", langs)
     answers = []
     for lang in langs:
@@ -103,7 +120,7 @@ def scoring_items(tokenizer: Any, n_prompts: int, k: int, min_tokens: int, max_t
     items = []
     for g in range(n_prompts):
         lang = langs[g % len(langs)]
-        prompt = prompt_token_ids(tokenizer, cross_lingual_instruction(english[g % len(english)].instruction, lang))
+        prompt = prompt_token_ids(tokenizer, cross_lingual_instruction(english[g % len(english)], lang))
         for _ in range(k):
             length = min(rng.randint(min_tokens, max_tokens), len(pool))
             start = rng.randrange(0, len(pool) - length + 1)
@@ -226,15 +243,22 @@ def run_scoring(config: ScoringConfig, *, log: Any = print) -> dict:
     _ours(policy, reference, warm, config.max_batch_tokens)
     _naive(policy, reference, warm)
     per_k = []
-    for k, n_prompts in sorted(config.groups.items()):
-        items = scoring_items(tokenizer, n_prompts, k, config.min_tokens, config.max_tokens, config.seed)
-        per_k.append(compare_at_k(policy, reference, items, config, k))
+    _, prompt_folder = english_prompts(config.prompts)
+    runs = [(k, n, config.prompts) for k, n in sorted(config.groups.items())]
+    if config.short_prompts_k is not None and config.prompts != "mini":
+        runs.append((config.short_prompts_k, config.groups.get(config.short_prompts_k, 2), "mini"))
+    for k, n_prompts, source in runs:
+        items = scoring_items(tokenizer, n_prompts, k, config.min_tokens, config.max_tokens, config.seed,
+                              prompts=source)
+        per_k.append({**compare_at_k(policy, reference, items, config, k), "prompts_source": english_prompts(source)[1],
+                      "prompt_tokens": sorted(len(p) for p in {tuple(p) for p, _ in items}),
+                      "is_short_prompts": source == "mini" and source != config.prompts})
         row = per_k[-1]
-        log(f"scoring K={k}: ours {row['tokens_per_s']['ours']:.1f} tok/s, naive {row['tokens_per_s']['naive']:.1f} "
-            f"tok/s, utilisation {row['utilisation']['ours']:.0%}")
+        log(f"scoring K={k} ({source} prompts): ours {row['tokens_per_s']['ours']:.1f} tok/s, naive "
+            f"{row['tokens_per_s']['naive']:.1f} tok/s, utilisation {row['utilisation']['ours']:.0%}")
     memory = memory_growth(policy, tokenizer, config.memory_lengths)
     bf16 = bf16_check(policy, reference, scoring_items(tokenizer, 1, 2, 8, 16), per_k[-1]["matmul_gflops"])
-    return {"model": config.model, "policy": policy_note,
+    return {"model": config.model, "policy": policy_note, "prompts_source": prompt_folder,
             "shared_output_projection": _TokenLogprobs(policy).is_same_as(_TokenLogprobs(reference)),
             "config": {**config.__dict__, "groups": {str(k): v for k, v in config.groups.items()}},
             "per_k": per_k, "memory_growth": memory, "bf16": bf16}

@@ -1,11 +1,13 @@
-"""DPO training: pairs/s of ``xlpref.training.train_dpo`` with its speed options against trl's defaults.
+"""DPO training: pairs/s of ``xlpref.training.train_dpo`` with its speed settings against trl's defaults.
 
 Both runs are the same call, :func:`xlpref.training.train_dpo`, on the same in-memory copy of the model,
 the same pairs and the same training config (LoRA or full, beta, learning rate, epochs, batch, length,
-DPO + NLL); the baseline leaves every speed option at its default, which is trl's default
-(``precompute_ref_log_probs=False``: the reference forward runs at every step of every epoch), ours sets
-``speed_options``. Timed: trainer set-up (including any reference precomputation), training, LoRA
-merge and save -- model loading excluded from both. Runs alternate (ABBA over ``repeats``).
+DPO + NLL). The baseline turns the speed settings off, which is trl's default behaviour on this device
+(``precompute_ref_log_probs=False``: the reference forward runs at every step of every epoch;
+``completion_only_head=False``: off CUDA, trl's fused LM head projects every position, prompt and
+padding included, through the vocabulary); ours keeps :class:`xlpref.training.TrainConfig`'s defaults
+(both on). Timed: trainer set-up (including the reference precomputation), training, LoRA merge and
+save -- model loading excluded from both. Runs alternate (ABBA over ``repeats``).
 Checked: the first logged loss (step 1, before any update) of both, which must agree within 1e-4.
 
 Pairs: the mini set's English preference pairs (``benchmarks/x_alpacaeval/mini/preference_pairs/en.jsonl``).
@@ -36,7 +38,9 @@ class TrainingBenchConfig:
     max_length: int = 192
     learning_rate: float = 1e-4
     repeats: int = 1
-    speed_options: dict = field(default_factory=lambda: {"precompute_ref_log_probs": True})
+    speed_options: dict = field(default_factory=dict)  # on top of TrainConfig's defaults (ours)
+    baseline_options: dict = field(default_factory=lambda: {"precompute_ref_log_probs": False,
+                                                            "completion_only_head": False})
 
     @classmethod
     def quick(cls, model: str = "gemma-3-270m") -> "TrainingBenchConfig":
@@ -71,7 +75,8 @@ def run_training(config: TrainingBenchConfig, *, log: Any = print) -> dict:
     pairs = training_pairs(config.pairs)
     common = dict(lora=config.lora, lora_r=16, lora_alpha=32, learning_rate=config.learning_rate, epochs=config.epochs,
                   batch_size=config.batch_size, max_length=config.max_length)
-    settings = {"naive": TrainConfig(**common), "ours": TrainConfig(**common, **config.speed_options)}
+    settings = {"naive": TrainConfig(**common, **config.baseline_options),
+                "ours": TrainConfig(**common, **config.speed_options)}
     seconds: dict[str, list[float]] = {"naive": [], "ours": []}
     first_loss: dict[str, float | None] = {}
     steps: dict[str, int] = {}
@@ -86,8 +91,9 @@ def run_training(config: TrainingBenchConfig, *, log: Any = print) -> dict:
     return {
         "model": config.model, "pairs": len(pairs), "epochs": config.epochs,
         "setup": f"{'LoRA r16' if config.lora else 'full'}, {len(pairs)} pairs x {config.epochs:g} epochs, "
-                 f"batch {config.batch_size}; ours = {', '.join(f'{k}={v}' for k, v in config.speed_options.items())}",
-        "speed_options": config.speed_options, "seconds": best, "steps": steps,
+                 f"batch {config.batch_size}; trl defaults = {', '.join(f'{k}={v}' for k, v in config.baseline_options.items())}",
+        "speed_options": {name: getattr(settings["ours"], name) for name in config.baseline_options},
+        "baseline_options": config.baseline_options, "seconds": best, "steps": steps,
         "pairs_per_s": {name: examples / s for name, s in best.items()},
         "first_loss": first_loss,
         "first_loss_difference": abs(first_loss["ours"] - first_loss["naive"]) if is_comparable else None,

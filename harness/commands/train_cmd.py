@@ -61,8 +61,10 @@ def render_result(result: TrainResult, n_pairs: int) -> Table:
 @click.option("--grad-accum", type=int, default=TrainConfig.grad_accum, show_default=True)
 @click.option("--max-length", type=int, default=TrainConfig.max_length, show_default=True)
 @click.option("--max-prompt-length", type=int, default=None, help="Keep the last N tokens of each instruction.")
-@click.option("--precompute-ref-log-probs", is_flag=True,
-              help="Compute the reference's log-probs once before training (no reference copy in memory).")
+@click.option("--precompute-ref-log-probs/--no-precompute-ref-log-probs", default=True, show_default=True,
+              help="Compute the reference's log-probs once before training (no reference pass per step).")
+@click.option("--completion-only-head/--no-completion-only-head", default=True, show_default=True,
+              help="Run the LM head only at completion positions (trl does on CUDA; on CPU only with this).")
 @click.option("--seed", type=int, default=None, help="Training seed (default: the global --seed).")
 @click.option("--report-to", multiple=True, help="Experiment trackers (tensorboard, wandb); none by default.")
 @click.option("--launcher", type=click.Choice(("none", "accelerate", "torchrun")), default="none", show_default=True,
@@ -77,6 +79,7 @@ def render_result(result: TrainResult, n_pairs: int) -> Table:
 def train(obj, model_spec: str, pairs_path: Path, output_dir: Path, loss: str, beta: float, nll_weight: float,
           lora: bool, lora_r: int, lora_alpha: int, learning_rate: float, epochs: float, batch_size: int,
           grad_accum: int, max_length: int, max_prompt_length: int | None, precompute_ref_log_probs: bool,
+          completion_only_head: bool,
           seed: int | None, report_to: tuple[str, ...], launcher: str, num_processes: int, deepspeed: str | None,
           accelerate_config: Path | None) -> None:
     """Train the model on preference pairs; the reference is the starting model."""
@@ -86,7 +89,7 @@ def train(obj, model_spec: str, pairs_path: Path, output_dir: Path, loss: str, b
         loss=loss, beta=beta, nll_weight=nll_weight, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
         learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, max_prompt_length=max_prompt_length,
-        precompute_ref_log_probs=precompute_ref_log_probs,
+        precompute_ref_log_probs=precompute_ref_log_probs, completion_only_head=completion_only_head,
         seed=seed if seed is not None else (obj.seed if obj else 42), report_to=list(report_to),
         num_processes=num_processes,
     )
