@@ -186,3 +186,16 @@ def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert "xlpref bench" in stdout and "e2e" in stdout and "42.5" in stdout
     code, _, stderr = run_cli(["bench", "--sections", "scoring,bogus"], capsys)
     assert code == 2 and "bogus" in stderr
+
+
+def test_independent_score_cli_timing_agrees_with_the_naive_scorer(tmp_path):
+    """benchmarks/perf/score_cli.py: `xlpref score` in its own process and the naive scorer on the same texts."""
+    from benchmarks.perf.score_cli import main
+
+    out = tmp_path / "score_cli.json"
+    result = main(["--policy", "tiny-random-llama-seed1", "--reference", "tiny-random-llama", "--prompts", "2",
+                   "--k", "3", "--min-tokens", "4", "--max-tokens", "20", "--threads", "1", "-o", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["response_tokens"] > 2 * 3 * 3
+    assert result["seconds"]["xlpref_score"] > 0 and result["seconds"]["naive"] > 0
+    assert result["max_abs_reward_difference"] < 1e-3

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -84,10 +85,15 @@ def score(obj, samples_path: Path, policy: str, reference: str, reward: str, out
         reference_model, reference_tokenizer = load_model(reference)
         check_same_tokenizer(tokenizer, reference_tokenizer)
     log = RecordLog(output, SCORE_KEY)
+    start = time.perf_counter()  # models are loaded: what follows is the scoring itself
     scored = score_records(records, policy_model, reference_model, tokenizer, reward_fn, log=log,
                            max_batch_tokens=max_batch_tokens)
+    seconds = time.perf_counter() - start
     console = Console()
     console.print(score_table(scored))
+    tokens = sum(r["n_response_tokens"] for r in scored)
+    console.print(f"scored {tokens} response tokens in {seconds:.2f} s ({tokens / max(seconds, 1e-9):.1f} tokens/s, "
+                  "model loading excluded; records already in the output are not scored again)")
     console.print(f"wrote {len(scored)} scored records to {output}")
 
 
