@@ -64,7 +64,7 @@ def compare_baselines(obj, icr_path: Path, baseline_paths: tuple[Path, ...], ite
                                          seed=configs[0].seed)
     setup = {"configs": [str(p) for p in paths], "iterations": final, "metric": metric}
     written = baselines.write_comparison(result, safe_join(results_dir, "comparisons", name), setup=setup)
-    out = Console()
+    out = Console(width=None if Console().is_terminal else 140)  # logs: wide enough for the tables
     for table in render_leaderboard(result.leaderboard, metric=metric):
         out.print(table)
     for frame in result.comparisons.values():
