@@ -102,25 +102,34 @@ def english_prompts(source: str = "train") -> tuple[list[str], str]:
     return [p.instruction for p in english], str(folder)
 
 
+#: The languages the workload's prompts cycle through (and its answers come from).
+LANGS = ["es", "de", "fr", "ru", "zh", "en"]
+
+
+def answer_text() -> str:
+    """The mini set's reference answers in :data:`LANGS`, joined: real multilingual text to cut responses from."""
+    from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs
+
+    instructions = load_instructions(MINI_DIR / "x_alpacaeval" / "instructions", LANGS)
+    answers = []
+    for lang in LANGS:
+        path = MINI_DIR / "x_alpacaeval" / "reference_outputs" / "xlpref-mini-reference" / f"{lang}.json"
+        answers += [r["output"] for r in load_reference_outputs(path, instructions[lang])]
+    return "\n\n".join(answers)
+
+
 def scoring_items(tokenizer: Any, n_prompts: int, k: int, min_tokens: int, max_tokens: int,
                   seed: int = 0, *, prompts: str = "mini") -> list[tuple[list[int], list[int]]]:
     """``n_prompts`` cross-lingual prompts x ``k`` responses of seeded lengths (token ids)."""
-    from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs
     from xlpref.languages import cross_lingual_instruction
     from xlpref.reward import prompt_token_ids, response_token_ids
 
-    langs = ["es", "de", "fr", "ru", "zh", "en"]
     english, _ = english_prompts(prompts)
-    instructions = load_instructions(MINI_DIR / "x_alpacaeval" / "instructions", langs)
-    answers = []
-    for lang in langs:
-        path = MINI_DIR / "x_alpacaeval" / "reference_outputs" / "xlpref-mini-reference" / f"{lang}.json"
-        answers += [r["output"] for r in load_reference_outputs(path, instructions[lang])]
-    pool = response_token_ids(tokenizer, "\n\n".join(answers))
+    pool = response_token_ids(tokenizer, answer_text())
     rng = random.Random(seed)
     items = []
     for g in range(n_prompts):
-        lang = langs[g % len(langs)]
+        lang = LANGS[g % len(LANGS)]
         prompt = prompt_token_ids(tokenizer, cross_lingual_instruction(english[g % len(english)], lang))
         for _ in range(k):
             length = min(rng.randint(min_tokens, max_tokens), len(pool))

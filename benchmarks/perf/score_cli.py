@@ -26,23 +26,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.perf.bench_scoring import LANGS
+
 REPO = Path(__file__).resolve().parents[2]
-LANGS = ["es", "de", "fr", "ru", "zh", "en"]
 
 
 def write_samples(path: Path, tokenizer, n_prompts: int, k: int, min_tokens: int, max_tokens: int,
                   seed: int = 0) -> list[dict]:
     """Sample records of ``n_prompts`` training prompts x ``k`` responses (texts), written as JSONL."""
-    from benchmarks.perf.bench_scoring import english_prompts
-    from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs
+    from benchmarks.perf.bench_scoring import answer_text, english_prompts
 
     english, _ = english_prompts("train")
-    instructions = load_instructions(MINI_DIR / "x_alpacaeval" / "instructions", LANGS)
-    answers = []
-    for lang in LANGS:
-        path_ = MINI_DIR / "x_alpacaeval" / "reference_outputs" / "xlpref-mini-reference" / f"{lang}.json"
-        answers += [r["output"] for r in load_reference_outputs(path_, instructions[lang])]
-    pool = tokenizer("\n\n".join(answers), add_special_tokens=False)["input_ids"]
+    pool = tokenizer(answer_text(), add_special_tokens=False)["input_ids"]
     rng = random.Random(seed)
     records = []
     for g in range(n_prompts):
