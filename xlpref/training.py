@@ -128,6 +128,17 @@ class TrainConfig:
         if self.report_to:
             check_trackers(self.report_to)
 
+    @property
+    def uses_precomputed_reference(self) -> bool:
+        """Whether trl precomputes the reference's log-probs: only in a single process.
+
+        trl writes them to a cache file beside the dataset and every rank reads that file; our
+        datasets live in memory, so each process's cache path is its own temporary folder and the
+        other ranks would not find rank 0's file. With several processes the reference runs at every
+        step instead (the same values).
+        """
+        return self.precompute_ref_log_probs and self.num_processes == 1
+
     def fingerprint_fields(self) -> dict:
         """The settings that change the trained weights (reporting and evaluation do not)."""
         return {k: v for k, v in asdict(self).items() if k not in ("report_to", "evaluate_held_in")}
@@ -255,7 +266,7 @@ def _trl_args(config: TrainConfig, work_dir: str, *, use_cuda: bool, progress: b
         learning_rate=config.learning_rate, num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum, max_length=config.max_length,
-        precompute_ref_log_probs=config.precompute_ref_log_probs,
+        precompute_ref_log_probs=config.uses_precomputed_reference,
         lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_ratio,
         gradient_checkpointing=config.gradient_checkpointing,
         # bf16 autocast on GPU over fp32 weights; plain fp32 on CPU (trl would turn bf16 on everywhere).
@@ -393,7 +404,7 @@ def _build_trainer(policy: Any, tokenizer: Any, dataset: Any, config: TrainConfi
     # The reference is the starting policy. With LoRA trl disables the adapter; with precomputed
     # log-probs trl uses the policy before its first step; otherwise it needs a frozen copy (trl
     # would reload it from the model's path, which in-memory models lack).
-    needs_copy = not config.lora and not config.precompute_ref_log_probs
+    needs_copy = not config.lora and not config.uses_precomputed_reference
     ref_model = copy.deepcopy(policy).eval() if needs_copy else None
     trainer_cls = KTOTrainer if config.loss == "kto" else DPOTrainer
     with _datasets_progress(progress):
