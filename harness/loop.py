@@ -150,7 +150,9 @@ def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
     cfg = ctx.config.sampling
     stage = f"iter_{t}/samples"
     log = ctx.store.record_log(stage, key=("lang", "id", "sample_index"))
-    if log.is_finished:
+    # A log finished by a run killed before it recorded the stage still goes through below (its
+    # records are checked and returned without sampling), so stages.json holds every stage.
+    if log.is_finished and ctx.store.is_done(stage):
         return log.records
     english = {p.instruction_id: p.instruction for p in ctx.prompts["en"]}
     requests = [SampleRequest(id=p.instruction_id, lang=lang, prompt=p.instruction, prompt_en=english[p.instruction_id])
