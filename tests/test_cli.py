@@ -8,21 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 
-from harness.cli import COMMANDS, main
+from harness.cli import COMMANDS
 from xlpref.data import default_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def run_process(*args: str) -> subprocess.CompletedProcess:

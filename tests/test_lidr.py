@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 from results_fixtures import add_row
 
-from harness.cli import main
 from harness.config import AnnotatorConfig
 from harness.store import RunStore
 from xlpref.data import MINI_DIR, load_train_prompts
@@ -48,16 +48,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_counts_add_up(summary: dict) -> None:

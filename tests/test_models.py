@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import run_cli
 
-from harness.cli import main
 from xlpref import models as xmodels
 from xlpref.errors import InputError
 
@@ -24,16 +24,6 @@ def cache(tmp_path, monkeypatch) -> Path:
     """An empty xlpref cache, so tests never touch ~/.cache/xlpref."""
     monkeypatch.setenv("XLPREF_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("spec", xmodels.TINY_SPECS)

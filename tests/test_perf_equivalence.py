@@ -12,6 +12,7 @@ import random
 
 import pytest
 import torch
+from cli_helpers import run_cli
 
 import xlpref.logprobs as logprobs
 from benchmarks.perf.bench_scoring import perturbed_copy
@@ -141,18 +142,6 @@ def test_bench_summary_rows_state_targets():
     assert by_measure["peak memory growth, response 256 -> 1024 tokens"]["met"] is True
     assert by_measure["fully cached re-evaluation: model calls"]["met"] is True
     assert by_measure["section failed: boom"]["met"] is None
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from harness.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_scoring_section_compares_both_scorers(models):
