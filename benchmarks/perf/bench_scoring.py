@@ -19,7 +19,7 @@ FLOPs per model: 2 x non-embedding parameters per token processed (each prompt o
 ``|log p_policy| + |log p_reference|`` (the sums whose difference a reward is; fp32 rounds them).
 Memory: peak RSS above the loaded models (:class:`benchmarks.perf.machine.PeakRSS`) per run, and a
 growth probe: both scorers on one response of ``memory_lengths[0]`` and of ``memory_lengths[1]``
-tokens. bf16: its matmul rate is probed; only if it beats fp32 is the reward error of bf16 copies
+tokens, the growth per added token expressed in fp32 vocabulary rows (a logits tensor adds at least one). bf16: its matmul rate is probed; only if it beats fp32 is the reward error of bf16 copies
 measured (on this CPU class without AVX512-BF16/AMX it is far slower, so it is not used).
 
 Example::
@@ -212,12 +212,14 @@ def compare_at_k(policy: Any, reference: Any, items: list, config: ScoringConfig
 
 
 def memory_growth(policy: Any, tokenizer: Any, lengths: tuple[int, int]) -> dict:
-    """Peak MiB of each scorer (one model) on one response of each length: ours must not grow with length."""
+    """Peak MiB of each scorer (one model) on one response of each length, and the size of one fp32
+    vocabulary row (what any tensor of vocab x length adds per token): ours must grow by far less."""
     from xlpref.logprobs import response_logprobs
 
     items = scoring_items(tokenizer, 1, 1, max(lengths), max(lengths), seed=1)
     prompt, response = items[0]
-    out: dict[str, dict] = {"ours": {}, "naive": {}}
+    out: dict[str, Any] = {"ours": {}, "naive": {},
+                           "vocab_row_mib": policy.get_output_embeddings().weight.shape[0] * 4 / (1 << 20)}
     for length in lengths:
         one = [(prompt, response[:length])]
         out["ours"][length] = _timed(lambda: response_logprobs(policy, one))[2]
