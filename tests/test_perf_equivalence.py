@@ -208,6 +208,7 @@ def test_bench_summary_rows_state_targets():
     short = {**per_k, "tokens_per_s": {"ours": 30.0, "naive": 20.0}, "prompt_tokens": [36, 36], "is_short_prompts": True}
     scoring = {"per_k": [per_k, short], "memory_growth": {"ours": {"256": 520.0, "1024": 530.0},
                                                    "naive": {"256": 512.0, "1024": 2048.0}, "vocab_row_mib": 1.0},
+               "rounding": {"response_tokens": 256, "ours_minus_float64": -4e-5, "naive_minus_float64": 5e-3},
                "bf16": {"bf16_matmul_gflops": 0.3, "fp32_matmul_gflops": 100.0, "decision": "fp32"}}
     judging = {"batch_size": 8, "items_per_s": {"ours": 2.0, "naive": 1.0},
                "cached": {"cached_calls": 0, "first_calls": 16}}
@@ -221,6 +222,8 @@ def test_bench_summary_rows_state_targets():
     growth = by_measure["peak memory added per response token, 256 -> 1024 tokens, in vocab rows (1.00 MiB)"]
     assert growth["ours"] == pytest.approx(10 / 768) and growth["naive"] == pytest.approx(2.0) and growth["met"] is True
     assert by_measure["fully cached re-evaluation: model calls"]["met"] is True
+    error = by_measure["|log p - float64 log-softmax of the same logits|, one response of 256 tokens"]
+    assert (error["ours"], error["naive"]) == (4e-5, 5e-3)
     assert by_measure["section failed: boom"]["met"] is None
 
 
@@ -268,3 +271,13 @@ def test_independent_score_cli_timing_agrees_with_the_naive_scorer(tmp_path):
     assert result["response_tokens"] > 2 * 3 * 3
     assert result["seconds"]["xlpref_score"] > 0 and result["seconds"]["naive"] > 0
     assert result["max_abs_reward_difference"] < 1e-3
+
+
+def test_rounding_probe_measures_both_scorers_against_float64():
+    from benchmarks.perf.bench_scoring import rounding
+
+    model, tokenizer = build_tiny_model("tiny-random-llama", seed=5)
+    error = rounding(model, tokenizer, length=48)
+    assert error["response_tokens"] == 48 and error["float64_logp"] < -1.0
+    assert abs(error["ours_minus_float64"]) < 1e-4  # float64 finish: only the logits' own rounding remains
+    assert abs(error["naive_minus_float64"]) < 1e-3

@@ -19,7 +19,8 @@ FLOPs per model: 2 x non-embedding parameters per token processed (each prompt o
 ``|log p_policy| + |log p_reference|`` (the sums whose difference a reward is; fp32 rounds them).
 Memory: peak RSS above the loaded models (:class:`benchmarks.perf.machine.PeakRSS`) per run, and a
 growth probe: both scorers on one response of ``memory_lengths[0]`` and of ``memory_lengths[1]``
-tokens, the growth per added token expressed in fp32 vocabulary rows (a logits tensor adds at least one). bf16: its matmul rate is probed; only if it beats fp32 is the reward error of bf16 copies
+tokens, the growth per added token expressed in fp32 vocabulary rows (a logits tensor adds at least one).
+Rounding: both scorers on one long response against a float64 log-softmax of the model's fp32 logits. bf16: its matmul rate is probed; only if it beats fp32 is the reward error of bf16 copies
 measured (on this CPU class without AVX512-BF16/AMX it is far slower, so it is not used).
 
 Example::
@@ -227,6 +228,23 @@ def memory_growth(policy: Any, tokenizer: Any, lengths: tuple[int, int]) -> dict
     return out
 
 
+def rounding(policy: Any, tokenizer: Any, length: int = 256) -> dict:
+    """Both scorers' summed log p of one long response against a float64 log-softmax of the model's own
+    fp32 logits (the same logits, rounded once): how much each scorer's arithmetic adds."""
+    import torch
+
+    from xlpref.logprobs import response_logprobs
+
+    prompt, response = scoring_items(tokenizer, 1, 1, length, length, seed=2, prompts="train")[0]
+    with torch.inference_mode():
+        logits = policy(input_ids=torch.tensor([prompt + response])).logits[0, len(prompt) - 1:-1].double()
+        exact = float(torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(response)[:, None]).sum())
+    ours = response_logprobs(policy, [(prompt, response)])[0]
+    naive = naive_response_logprobs(policy, [(prompt, response)])[0]
+    return {"response_tokens": len(response), "float64_logp": exact,
+            "ours_minus_float64": ours - exact, "naive_minus_float64": naive - exact}
+
+
 def bf16_check(policy: Any, reference: Any, items: list, fp32_rate: float) -> dict:
     """bf16 is used only if its matmul rate beats fp32's; then the reward error of bf16 copies is measured."""
     import torch
@@ -276,8 +294,9 @@ def run_scoring(config: ScoringConfig, *, log: Any = print) -> dict:
         row["matmul_gflops"] = best_rate
         row["utilisation"] = {n: row["useful_gflop"] / s / best_rate for n, s in row["seconds"].items()}
     memory = memory_growth(policy, tokenizer, config.memory_lengths)
+    arithmetic = rounding(policy, tokenizer, config.max_tokens)
     bf16 = bf16_check(policy, reference, scoring_items(tokenizer, 1, 2, 8, 16), per_k[-1]["matmul_gflops"])
     return {"model": config.model, "policy": policy_note, "prompts_source": prompt_folder,
             "shared_output_projection": _TokenLogprobs(policy).is_same_as(_TokenLogprobs(reference)),
             "config": {**config.__dict__, "groups": {str(k): v for k, v in config.groups.items()}},
-            "per_k": per_k, "memory_growth": memory, "bf16": bf16}
+            "per_k": per_k, "memory_growth": memory, "rounding": arithmetic, "bf16": bf16}

@@ -132,6 +132,11 @@ def _scoring_rows(data: dict) -> list[dict]:
     rows.append(_row("scoring", f"peak memory added per response token, {short} -> {long} tokens, in vocab rows "
                      f"({growth['vocab_row_mib']:.2f} MiB)", per_token["ours"], per_token["naive"], unit="rows",
                      target="ours < 0.25", met=per_token["ours"] < 0.25, has_ratio=False))
+    if "rounding" in data:
+        error = data["rounding"]
+        rows.append(_row("scoring", f"|log p - float64 log-softmax of the same logits|, one response of "
+                         f"{error['response_tokens']} tokens", abs(error["ours_minus_float64"]),
+                         abs(error["naive_minus_float64"]), unit="nats", has_ratio=False))
     bf16 = data["bf16"]
     rows.append(_row("scoring", "bf16 matmul rate vs fp32 (decision: " + bf16["decision"] + ")",
                      bf16["bf16_matmul_gflops"], bf16["fp32_matmul_gflops"], unit="GFLOP/s"))
