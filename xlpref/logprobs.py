@@ -18,12 +18,12 @@ thousands of tokens that is gigabytes spent on prompt positions, hence this path
 - the output projection (with the model's logit scale / soft-capping) is applied only at the states
   predicting response tokens, and never materialised whole: blocks of up to :data:`PROJECTION_ROWS`
   states (those of consecutive passes gathered, so a pass of a few short responses does not read the
-  whole matrix for itself) meet the vocabulary in column tiles of :data:`LOGITS_TILE_ELEMENTS` logits, each tile reduced while
-  it is still in the CPU's cache to a running log-sum-exp per row (and the target's logit where it
-  falls in the tile); memory is bounded whatever the vocabulary and the lengths, and the logits never
-  make the round trip through main memory that a full-vocabulary log-softmax costs (torch has no
-  fused projection + log-sum-exp on CPU, hence this loop). The last response token is never fed
-  (nothing it predicts counts);
+  whole matrix for itself) meet the vocabulary in column tiles of :data:`LOGITS_TILE_ELEMENTS`
+  logits, each tile reduced while it is still in the CPU's cache to a running log-sum-exp per row
+  (and the target's logit where it falls in the tile); memory is bounded whatever the vocabulary
+  and the lengths, and the logits never make the round trip through main memory that a
+  full-vocabulary log-softmax costs (torch has no fused projection + log-sum-exp on CPU, hence this
+  loop). The last response token is never fed (nothing it predicts counts);
 - for two models whose output projections are equal (a LoRA-merged policy and its base share the tied
   embeddings; checked with ``torch.equal``, never assumed) the two models' states go through one
   projection, reading the 262k x hidden matrix once per block instead of twice.
@@ -218,13 +218,16 @@ class _TokenLogprobs:
         running_max = torch.full((rows,), -float("inf"), dtype=torch.float32, device=hidden.device)
         sums = torch.zeros(rows, dtype=torch.float64, device=hidden.device)
         target_logits = torch.empty(rows, dtype=torch.float32, device=hidden.device)
-        target_tile = targets // columns
-        for number, start in enumerate(range(0, self.vocab, columns)):
+        # rows grouped by the tile holding their target: one host sync for the block, none per tile
+        tiles = range(0, self.vocab, columns)
+        by_tile = torch.argsort(targets // columns)
+        counts = torch.bincount(targets // columns, minlength=len(tiles)).tolist()
+        first = 0
+        for start, count in zip(tiles, counts):
             stop = min(start + columns, self.vocab)
             logits = self._finish(self.project(hidden, start, stop, tile[:, : stop - start]).float())
-            hits = (target_tile == number).nonzero().squeeze(1)
-            if hits.numel():
-                target_logits[hits] = logits[hits, targets[hits] - start]
+            hits, first = by_tile[first:first + count], first + count
+            target_logits[hits] = logits[hits, targets[hits] - start]
             new_max = torch.maximum(running_max, logits.amax(1))
             exp_sums = logits.sub_(new_max[:, None]).exp_().sum(1)  # the tile is spent: its targets are taken
             sums.mul_(torch.exp((running_max - new_max).double())).add_(exp_sums.double())
@@ -322,8 +325,8 @@ class _PendingProjection:
 
     def add(self, rows: list[int], states: list[Any], targets: Any) -> None:
         """Queue one pass (its item indices, each model's states, the target tokens); project when a block is full."""
-        per_state = 2 if self.is_shared else 1  # a shared projection sees both models' states
-        if self.count and (self.count + len(targets)) * per_state > PROJECTION_ROWS:
+        rows_per_target = 2 if self.is_shared else 1  # a shared projection sees both models' states
+        if self.count and (self.count + len(targets)) * rows_per_target > PROJECTION_ROWS:
             self.flush()
         self.rows += rows
         for queue, model_states in zip(self.states, states):
