@@ -30,7 +30,7 @@ from typing import Callable
 import pytest
 import yaml
 
-from harness.cli import main
+import cli_helpers
 from xlpref import jsonio
 from xlpref.data import MAX_INSTRUCTION_CHARS, MINI_DIR
 
@@ -42,12 +42,7 @@ ONE_MB = "x" * (1 << 20)
 
 def run_cli(args: list, capsys) -> tuple[int, str]:
     """``xlpref ARGS`` in-process; returns (exit code, stdout + stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
+    code, out, err = cli_helpers.run_cli(args, capsys)
     return code, out + err
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.x_alpacaeval import BENCHMARK_FILE, Benchmark, Decoding, load_benchmark, verify_checksums
-from harness.cli import main
+from cli_helpers import run_cli
 from xlpref.data import (
     HUB_FILES, MINI_DIR, default_data_dir, load_instructions, load_preference_pairs, load_reference_outputs,
     load_train_prompts,
@@ -22,17 +22,6 @@ from xlpref.languages import LANGUAGE_NAMES
 
 MINI_LANGS = ["de", "en", "es", "fr", "ru", "zh"]
 MINI_REF = "x_alpacaeval/reference_outputs/xlpref-mini-reference"
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the real entry point in-process; return (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture()

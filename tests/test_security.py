@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from fake_openai_server import FakeOpenAIServer
-from harness.cli import main
+import cli_helpers
 from harness.judges import JudgeItem, load_judge, load_judge_config
 from harness.results import check_row_id, resolve_row, write_row
 from harness.store import RunStore, safe_join
@@ -42,12 +42,8 @@ SKIPPED_DIRS = {".venv", ".git", "__pycache__", "runs", "results", "build", "dis
 
 
 def run_cli(args: list, capsys) -> tuple[int, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
+    """``xlpref ARGS`` in-process; returns (exit code, stdout + stderr)."""
+    code, out, err = cli_helpers.run_cli(args, capsys)
     return code, out + err
 
 

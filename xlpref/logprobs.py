@@ -220,8 +220,9 @@ class _TokenLogprobs:
         target_logits = torch.empty(rows, dtype=torch.float32, device=hidden.device)
         # rows grouped by the tile holding their target: one host sync for the block, none per tile
         tiles = range(0, self.vocab, columns)
-        by_tile = torch.argsort(targets // columns)
-        counts = torch.bincount(targets // columns, minlength=len(tiles)).tolist()
+        target_tiles = targets // columns
+        by_tile = torch.argsort(target_tiles)
+        counts = torch.bincount(target_tiles, minlength=len(tiles)).tolist()
         first = 0
         for start, count in zip(tiles, counts):
             stop = min(start + columns, self.vocab)
