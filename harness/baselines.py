@@ -5,13 +5,13 @@ refuses configs that differ in languages, data, seed, starting models, iteration
 (judge, its options, decoding). The final iteration's row of each run goes into one leaderboard
 beside the paper's published ICR and LIDR rows (Table 2; their own table, labelled published, never
 ranked with ours), and each baseline is compared with ICR by
-:func:`harness.comparison.compare_rows` (A = the baseline, B = ICR: a positive delta means ICR is
+:func:`harness.results.comparison.compare_rows` (A = the baseline, B = ICR: a positive delta means ICR is
 better), with paired bootstrap intervals over the instructions both runs answered.
 
 Example::
 
     from harness.baselines import compare_baselines, published_baseline_rows
-    from harness.results import resolve_row
+    from harness.results.rows import resolve_row
     icr = resolve_row("demo-iter1")
     result = compare_baselines(icr, [resolve_row("demo-lidr-iter1")], published=published_baseline_rows("results"))
     print(result.comparisons["demo-lidr-iter1"])
@@ -27,14 +27,14 @@ from typing import Any
 
 import pandas as pd
 
-from harness.comparison import compare_rows
+from harness.results.comparison import compare_rows
 from harness.config import RunConfig
-from harness.leaderboard import leaderboard_frame, write_leaderboard_csv
-from harness.results import Row, read_row, read_rows
+from harness.results.leaderboard import leaderboard_frame, write_leaderboard_csv
+from harness.results.rows import Row, read_row, read_rows
 from xlpref.errors import InputError
 from xlpref.jsonio import write_json_atomic
 
-#: The published runs shown beside ours (harness/published.py names them).
+#: The published runs shown beside ours (harness/results/published_rows.py names them).
 PUBLISHED_RUNS = ("paper-icr", "paper-lidr")
 #: What must agree between ICR and a baseline: (label, how to read it from a config).
 SETUP_FIELDS = (

@@ -75,9 +75,9 @@ def _release() -> None:
 
 def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
     """X-AlpacaEval evaluation of pi_t: outputs per language, judge annotations, metrics."""
-    from harness.evaluation import evaluate_outputs
-    from harness.judges import load_judge
-    from harness.outputs import generate_outputs
+    from harness.evaluation.judging import evaluate_outputs
+    from harness.judges.base import load_judge
+    from harness.evaluation.model_outputs import generate_outputs
     from harness.trackers import log_iteration_metrics
     from xlpref.sampling import SamplingParams
 
@@ -122,7 +122,7 @@ def _model_label(ctx: RunContext, policy: str) -> str:
 
 def _record_results(ctx: RunContext, t: int, policy: str, eval_dir: Path, judge: Any) -> None:
     """Write this iteration's evaluation as a results row (in the run, and in results_dir if set)."""
-    from harness.results import record_run_iteration
+    from harness.results.rows import record_run_iteration
 
     # annotator and reference come from the metrics themselves (the judge and generator_1 named there).
     meta = {"model": _model_label(ctx, policy), "annotator_is_demo": judge.is_demo,
@@ -133,7 +133,7 @@ def _record_results(ctx: RunContext, t: int, policy: str, eval_dir: Path, judge:
         row_dirs.append(record_run_iteration(ctx.config.evaluation.results_dir, ctx.config.name, t, per_lang, meta))
     cfg = ctx.config.evaluation
     if cfg.capability_tasks:
-        from harness.capabilities import RECOMMENDED, record_capabilities, recommended_tasks, run_capability_suite
+        from harness.evaluation.capabilities import RECOMMENDED, record_capabilities, recommended_tasks, run_capability_suite
 
         tasks = [task for name in cfg.capability_tasks
                  for task in (recommended_tasks(ctx.config.languages) if name == RECOMMENDED else [name])]

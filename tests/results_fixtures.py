@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.results import write_row
+from harness.results.rows import write_row
 
 JUDGE = "demo-judge"
 REFERENCE = "gpt-4-turbo-2024-04-09"

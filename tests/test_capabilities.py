@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from results_fixtures import add_row
 
-from harness.capabilities import (
+from harness.evaluation.capabilities import (
     RECOMMENDED,
     primary_metric,
     recommended_tasks,
@@ -22,7 +22,7 @@ from harness.capabilities import (
     run_capability_suite,
 )
 from harness.cli import main
-from harness.results import read_row
+from harness.results.rows import read_row
 from xlpref.errors import InputError
 
 TASKS = Path(__file__).parent / "fixtures" / "lm_eval_tasks"

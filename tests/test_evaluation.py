@@ -14,9 +14,9 @@ import pytest
 from fake_openai_server import FakeOpenAIServer
 
 from harness.cli import main
-from harness.evaluation import annotate, evaluate_outputs
-from harness.judges import load_judge
-from harness.outputs import generate_outputs, load_model_outputs
+from harness.evaluation.judging import annotate, evaluate_outputs
+from harness.judges.base import load_judge
+from harness.evaluation.model_outputs import generate_outputs, load_model_outputs
 from xlpref.data import MINI_DIR, default_data_dir, load_instructions, load_reference_outputs
 from xlpref.errors import InputError
 
@@ -82,7 +82,7 @@ def test_annotations_switch_order_map_back_and_cache(tmp_path, api_key):
 
 
 def test_server_death_keeps_finished_answers_and_rerun_resumes(tmp_path, api_key):
-    from harness.judge_api import JudgeUnavailableError
+    from harness.judges.api import JudgeUnavailableError
 
     instructions, refs = mini("de")
     model_outputs, refs = marked_outputs(instructions, refs)

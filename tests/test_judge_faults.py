@@ -20,8 +20,8 @@ import pytest
 from fake_openai_server import FAULT_KINDS, FakeOpenAIServer
 
 from harness.cli import main
-from harness.evaluation import evaluate_outputs
-from harness.judges import load_judge, load_judge_config
+from harness.evaluation.judging import evaluate_outputs
+from harness.judges.base import load_judge, load_judge_config
 from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs
 
 JUDGE = "weighted_gpt4_turbo_multilingual"

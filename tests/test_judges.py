@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fake_openai_server import FakeOpenAIServer
 
-from harness.judges import ANNOTATORS_DIR, JudgeItem, load_judge, load_judge_config, parse_preference
+from harness.judges.base import ANNOTATORS_DIR, JudgeItem, load_judge, load_judge_config, parse_preference
 from xlpref.data import default_data_dir
 from xlpref.errors import InputError
 
@@ -121,7 +121,7 @@ def test_parser_and_switch_reproduce_real_gpt4_annotations():
 def test_local_judge_batched_equals_single_and_matches_hand_computation():
     import torch
 
-    from harness.judge_local import LocalHFLogprobJudge
+    from harness.judges.local import LocalHFLogprobJudge
     from xlpref.models import build_tiny_model
 
     model, tokenizer = build_tiny_model("tiny-random-llama", seed=3)
@@ -137,7 +137,7 @@ def test_local_judge_batched_equals_single_and_matches_hand_computation():
     assert batched == pytest.approx(single, abs=1e-5)
     assert judge.is_demo and judge.counters["calls"] == 2 * len(items)
     # By hand: one unpadded forward pass, softmax over the vocabulary, 1 + P(M) / (P(m) + P(M)).
-    from harness.judges import format_messages
+    from harness.judges.base import format_messages
 
     text = tokenizer.apply_chat_template(format_messages(config.prompt_template, items[:1])[0], tokenize=False,
                                          add_generation_prompt=True)

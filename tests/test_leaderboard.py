@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from harness.comparison import check_regression, compare_rows, render_comparison
-from harness.leaderboard import best_cells, leaderboard_frame, render_leaderboard, write_leaderboard_csv
-from harness.plots import plot_by_iteration
-from harness.results import read_row, read_rows, write_capabilities
+from harness.results.comparison import check_regression, compare_rows, render_comparison
+from harness.results.leaderboard import best_cells, leaderboard_frame, render_leaderboard, write_leaderboard_csv
+from harness.results.plots import plot_by_iteration
+from harness.results.rows import read_row, read_rows, write_capabilities
 from results_fixtures import add_row, synthetic_annotations
 from xlpref.errors import InputError
 
@@ -99,7 +99,7 @@ def test_csv_is_deterministic(results, tmp_path):
 
 
 def test_compare_marks_significant_deltas(results):
-    pytest.importorskip("harness.metrics", reason="harness.metrics (paired bootstrap) not available")
+    pytest.importorskip("harness.metrics.winrate", reason="harness.metrics.winrate (paired bootstrap) not available")
     weak, strong, same = [0.2, 0.3] * 30, [0.7, 0.8] * 30, [0.1, 0.9] * 30
     add_row(results, "base", {"en": (25.0, 24.0), "es": (50.0, 48.0)}, annotations={"en": weak, "es": same})
     add_row(results, "better", {"en": (75.0, 70.0), "es": (50.0, 47.0)}, annotations={"en": strong, "es": same})
@@ -192,8 +192,8 @@ def test_plot_writes_one_png_per_run_metric_and_judge(results, tmp_path):
 
 
 def test_rows_from_computed_metrics_reach_the_leaderboard(tmp_path):
-    metrics_module = pytest.importorskip("harness.metrics", reason="harness.metrics not available")
-    from harness.results import write_row
+    metrics_module = pytest.importorskip("harness.metrics.winrate", reason="harness.metrics.winrate not available")
+    from harness.results.rows import write_row
 
     preferences = [0.0, 1.0, 0.5, 1.0, 0.0, 0.0, 1.0, 0.25] * 5
     annotations = synthetic_annotations(preferences)
@@ -209,8 +209,8 @@ def test_rows_from_computed_metrics_reach_the_leaderboard(tmp_path):
 
 
 def test_agreement_recorded_at_evaluation_wins_and_other_configs_are_ignored(tmp_path):
-    from harness.leaderboard import row_agreement
-    from harness.results import write_row
+    from harness.results.leaderboard import row_agreement
+    from harness.results.rows import write_row
     from results_fixtures import synthetic_metrics
 
     meta = {"row_id": "r", "model": "m", "kind": "ours", "annotator": "demo-judge",

@@ -95,7 +95,7 @@ def test_resume_after_interruptions_in_every_stage(reference_run, tmp_path, monk
             raise Interrupt(f"crash in {kind}")
         return original_append(self, records)
 
-    from harness.evaluation import AnnotationCache
+    from harness.evaluation.judging import AnnotationCache
 
     original_add = AnnotationCache.add
 
@@ -129,7 +129,7 @@ def test_resume_after_interruptions_in_every_stage(reference_run, tmp_path, monk
             crashes += 1
     else:
         pytest.fail("the run did not finish after 20 resumes")
-    from harness.run_report import run_leaderboard
+    from harness.results.run_leaderboard import run_leaderboard
 
     run_leaderboard(ctx)
     assert crashes == len(crashed)
@@ -178,7 +178,7 @@ def test_run_files_are_published_beside_the_rows(reference_run, tmp_path):
     """With evaluation.results_dir set, RESULTS/<run>-run/ holds the run's own leaderboard, deltas and stages."""
     from types import SimpleNamespace
 
-    from harness.run_report import publish_run_files
+    from harness.results.run_leaderboard import publish_run_files
     from harness.store import RunStore
 
     config = load_config(TINY, overrides={"run_dir": str(reference_run),

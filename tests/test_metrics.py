@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.metrics import (WINRATE_COLUMNS, compute_metrics, fit_instruction_difficulty, length_controlled_winrate,
+from harness.metrics.winrate import (WINRATE_COLUMNS, compute_metrics, fit_instruction_difficulty, length_controlled_winrate,
                              load_annotations, load_instruction_difficulty, paired_bootstrap, paired_bootstrap_average,
                              preferences_by_id, winrate_metrics)
 from xlpref.data import default_data_dir
@@ -102,7 +102,7 @@ def test_win_rate_equals_the_official_leaderboard_for_every_shared_model(shared_
 
 def _served_df_gamed(tmp_path: Path, difficulty: pd.Series, gamed: list[dict] | None) -> Path:
     """A local stand-in for the hub's df_gamed.csv: difficulty by index, and the gamed rows if any."""
-    from harness.lc import _gamed_features
+    from harness.metrics.length_controlled import _gamed_features
 
     if gamed is None:
         table = pd.DataFrame({"model": "none", "index": difficulty.index, "instruction_difficulty": difficulty.values})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import (read_judge_agreement, read_row, read_rows, record_run_iteration, resolve_row,
+from harness.results.rows import (read_judge_agreement, read_row, read_rows, record_run_iteration, resolve_row,
                              write_capabilities, write_row)
 from results_fixtures import JUDGE, REFERENCE, add_row, synthetic_annotations, synthetic_metrics
 from xlpref.data import default_data_dir
@@ -108,7 +108,7 @@ def test_capabilities_and_judge_agreement(tmp_path):
 
 
 def test_import_published_writes_the_papers_numbers_with_their_source(tmp_path):
-    from harness.published import PUBLISHED_ANNOTATOR, import_published
+    from harness.results.published_rows import PUBLISHED_ANNOTATOR, import_published
 
     paper = read_json(paper_json())
     written = import_published(paper_json(), tmp_path)
@@ -134,7 +134,7 @@ def test_import_published_writes_the_papers_numbers_with_their_source(tmp_path):
 
 
 def test_committed_published_rows_are_regenerated_from_the_paper(tmp_path):
-    from harness.published import import_published
+    from harness.results.published_rows import import_published
 
     import_published(paper_json(), tmp_path)
     committed, fresh = REPO / "results" / "published", tmp_path / "published"

@@ -30,8 +30,8 @@ import yaml
 
 from fake_openai_server import FakeOpenAIServer
 import cli_helpers
-from harness.judges import JudgeItem, load_judge, load_judge_config
-from harness.results import check_row_id, resolve_row, write_row
+from harness.judges.base import JudgeItem, load_judge, load_judge_config
+from harness.results.rows import check_row_id, resolve_row, write_row
 from harness.store import RunStore, safe_join
 from xlpref.data import MINI_DIR
 from xlpref.errors import InputError
@@ -369,7 +369,7 @@ class RedirectServer:
 
 
 def test_judge_talks_only_to_its_base_url(monkeypatch):
-    from harness.judge_api import JudgeUnavailableError
+    from harness.judges.api import JudgeUnavailableError
 
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     items = [JudgeItem("q1", "BAD", "GOOD"), JudgeItem("q2", "GOOD", "BAD")]

@@ -1,5 +1,5 @@
 """The self-hosted judge end to end: vLLM's OpenAI-compatible server (CPU build) on 127.0.0.1, the
-``weighted_vllm_multilingual`` judge config, :func:`harness.evaluation.evaluate_outputs`.
+``weighted_vllm_multilingual`` judge config, :func:`harness.evaluation.judging.evaluate_outputs`.
 
 Budget: under 4 minutes; 73 s to 142 s measured on 2 shared cores, almost all of it the server's start.
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.evaluation import evaluate_outputs
-from harness.judges import JudgeItem, format_messages, load_judge
+from harness.evaluation.judging import evaluate_outputs
+from harness.judges.base import JudgeItem, format_messages, load_judge
 from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs
 
 pytestmark = pytest.mark.slow

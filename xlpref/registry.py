@@ -34,9 +34,9 @@ REGISTRY: dict[str, dict[str, str]] = {
         "dpo": "xlpref.training:DPOTrainerAdapter",
     },
     "judge": {
-        "weighted_gpt4_turbo_multilingual": "harness.judges:OpenAICompatibleJudge",
-        "openai_compatible": "harness.judges:OpenAICompatibleJudge",
-        "local_hf_logprob": "harness.judges:LocalHFLogprobJudge",
+        "weighted_gpt4_turbo_multilingual": "harness.judges.base:OpenAICompatibleJudge",
+        "openai_compatible": "harness.judges.base:OpenAICompatibleJudge",
+        "local_hf_logprob": "harness.judges.base:LocalHFLogprobJudge",
     },
 }
 

@@ -4,7 +4,7 @@ Workload: the mini set's evaluation instructions in several languages, output_1 
 answer, output_2 = another instruction's reference answer of the same language (so the judge has a
 real choice). Both judges share one loaded model; batched and single runs alternate (ABBA over
 ``repeats``) and their preferences are compared. The cached re-evaluation runs
-:func:`harness.evaluation.annotate` twice on the same cache file and counts the judge's model calls
+:func:`harness.evaluation.judging.annotate` twice on the same cache file and counts the judge's model calls
 in the second run (expected: 0).
 
 Example::
@@ -59,9 +59,9 @@ def judge_workload(n_items: int) -> tuple[list[dict], list[dict]]:
 
 def run_judging(config: JudgingConfig, *, log: Any = print) -> dict:
     """Items/s of the batched and the one-at-a-time judge, their agreement, and the cached re-run's calls."""
-    from harness.evaluation import annotate
-    from harness.judge_local import LocalHFLogprobJudge
-    from harness.judges import JudgeItem
+    from harness.evaluation.judging import annotate
+    from harness.judges.local import LocalHFLogprobJudge
+    from harness.judges.base import JudgeItem
     from xlpref.models import load_model
 
     model, tokenizer = load_model(config.model)

@@ -39,10 +39,10 @@ def compare_baselines(obj, icr_path: Path, baseline_paths: tuple[Path, ...], ite
                       no_run: bool) -> None:
     """Run ICR and each baseline with the same data and seeds; print one leaderboard and ICR's deltas."""
     from harness import baselines
-    from harness.comparison import render_comparison
+    from harness.results.comparison import render_comparison
     from harness.config import load_config
-    from harness.leaderboard import render_leaderboard
-    from harness.results import check_row_id
+    from harness.results.leaderboard import render_leaderboard
+    from harness.results.rows import check_row_id
     from harness.store import safe_join
 
     paths = [icr_path, *baseline_paths]

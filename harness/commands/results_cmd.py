@@ -18,7 +18,7 @@ from rich.console import Console
 RESULTS_DIR = Path("results")
 
 results_dir_option = click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR,
-                                  show_default=True, help="The results tree (see harness/results.py).")
+                                  show_default=True, help="The results tree (see harness/results/rows.py).")
 
 
 @click.command()
@@ -34,8 +34,8 @@ results_dir_option = click.option("--results-dir", type=click.Path(path_type=Pat
 def leaderboard(results_dir: Path, langs: str | None, metric: str, csv_path: Path | None,
                 include_published: bool, width: int | None) -> None:
     """Regenerate RESULTS_DIR/leaderboard.csv from the stored rows and print one table per judge."""
-    from harness.leaderboard import leaderboard_frame, render_leaderboard, write_leaderboard_csv
-    from harness.results import read_judge_agreement, read_rows
+    from harness.results.leaderboard import leaderboard_frame, render_leaderboard, write_leaderboard_csv
+    from harness.results.rows import read_judge_agreement, read_rows
     from xlpref.errors import InputError
     from xlpref.languages import parse_languages
 
@@ -70,8 +70,8 @@ def compare(obj, row_a: str, row_b: str, results_dir: Path, langs: str | None, n
 
     ROW_A and ROW_B are row ids (in RESULTS_DIR or RESULTS_DIR/published) or row folders.
     """
-    from harness.comparison import compare_rows, render_comparison
-    from harness.results import resolve_row
+    from harness.results.comparison import compare_rows, render_comparison
+    from harness.results.rows import resolve_row
     from xlpref.languages import parse_languages
 
     a, b = resolve_row(row_a, results_dir), resolve_row(row_b, results_dir)
@@ -95,8 +95,8 @@ def compare(obj, row_a: str, row_b: str, results_dir: Path, langs: str | None, n
 def check(obj, run_row: str, baseline: str, results_dir: Path, tolerance: float, metric: str, langs: str | None,
           fail_on_significant: bool, n_boot: int) -> None:
     """Regression gate: exit 0 when RUN_ROW holds up against the baseline, 1 when it regressed, 2 on bad input."""
-    from harness.comparison import check_regression, render_check
-    from harness.results import resolve_row
+    from harness.results.comparison import check_regression, render_check
+    from harness.results.rows import resolve_row
     from xlpref.languages import parse_languages
 
     result = check_regression(resolve_row(run_row, results_dir), resolve_row(baseline, results_dir),
@@ -120,8 +120,8 @@ def check(obj, run_row: str, baseline: str, results_dir: Path, tolerance: float,
 @click.option("--include-published/--no-published", default=True, show_default=True)
 def plot(results_dir: Path, run_name: str | None, out_dir: Path | None, include_published: bool) -> None:
     """PNG charts of WR and LC per language by iteration, one per run (and judge)."""
-    from harness.plots import plot_by_iteration
-    from harness.results import read_rows
+    from harness.results.plots import plot_by_iteration
+    from harness.results.rows import read_rows
 
     rows = read_rows(results_dir, include_published=include_published)
     for path in plot_by_iteration(rows, out_dir or results_dir / "plots", run=run_name):

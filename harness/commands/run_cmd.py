@@ -41,7 +41,7 @@ def run(obj, config_path: Path, iterations: int | None, run_dir_opt: Path | None
     """Run (or resume) the ICR loop described by CONFIG_PATH and print the run's leaderboard."""
     from harness.config import load_config
     from harness.loop import run_icr
-    from harness.run_report import run_leaderboard
+    from harness.results.run_leaderboard import run_leaderboard
 
     overrides = {}
     run_dir = run_dir_opt or (obj.run_dir if obj else None)

@@ -35,7 +35,7 @@ def _data_dir(data_dir: Path | None, mini: bool) -> Path:
 
 
 def _judge_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    from harness.judges import parse_option_value
+    from harness.judges.base import parse_option_value
 
     options = {}
     for pair in pairs:
@@ -79,7 +79,7 @@ def generate(obj: Any, model: str, langs: str, out_dir: Path, data_dir: Path | N
              generator: str | None, backend: str, temperature: float | None, top_p: float | None,
              max_new_tokens: int | None, batch_size: int) -> None:
     """Answer every X-AlpacaEval instruction of LANGS once; write AlpacaEval model_outputs.json per language."""
-    from harness.outputs import evaluation_params, generate_outputs
+    from harness.evaluation.model_outputs import evaluation_params, generate_outputs
     from xlpref.data import load_instructions
     from xlpref.languages import parse_languages
 
@@ -188,9 +188,9 @@ def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, 
              langs: str | None, data_dir: Path | None, mini: bool, out_dir: Path | None,
              instruction_difficulty: Path | None, switch_seed: int) -> None:
     """Judge OUTPUTS (a folder of {lang}/model_outputs.json, or one file) against reference outputs."""
-    from harness.evaluation import evaluate_outputs
-    from harness.judges import load_judge, read_agreement
-    from harness.outputs import load_model_outputs
+    from harness.evaluation.judging import evaluate_outputs
+    from harness.judges.base import load_judge, read_agreement
+    from harness.evaluation.model_outputs import load_model_outputs
     from xlpref.data import load_instructions, load_reference_outputs
     from xlpref.languages import parse_languages
 
@@ -235,8 +235,8 @@ def judge_agreement(obj: Any, judge_name: str, judge_option: tuple[str, ...], n:
     """Measure a judge against GPT-4 Turbo's real AlpacaEval 2 annotations."""
     import shlex
 
-    from harness.judge_agreement import measure_agreement
-    from harness.judges import agreement_path, load_judge
+    from harness.judges.agreement import measure_agreement
+    from harness.judges.base import agreement_path, load_judge
     from harness.store import now_iso
     from xlpref.data import default_data_dir
     from xlpref.jsonio import dumps, write_json_atomic

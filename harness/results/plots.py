@@ -6,8 +6,8 @@ Error bars are the stored standard errors where they exist (published rows have 
 
 Example::
 
-    from harness.plots import plot_by_iteration
-    from harness.results import read_rows
+    from harness.results.plots import plot_by_iteration
+    from harness.results.rows import read_rows
     paths = plot_by_iteration(read_rows("results"), "results/plots", run="paper-icr")
     # -> results/plots/paper-icr.wr.png, results/plots/paper-icr.lc.png
 """
@@ -19,8 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from harness.leaderboard import METRIC_COLUMNS, METRIC_NAMES, canonical_order
-from harness.results import Row
+from harness.results.leaderboard import METRIC_COLUMNS, METRIC_NAMES, canonical_order
+from harness.results.rows import Row
 from xlpref.errors import InputError
 from xlpref.jsonio import atomic_open
 

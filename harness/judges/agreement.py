@@ -20,8 +20,8 @@ into a folder of ``<model>.json`` files (``--annotations-dir``).
 
 Example::
 
-    from harness.judges import load_judge
-    from harness.judge_agreement import measure_agreement
+    from harness.judges.base import load_judge
+    from harness.judges.agreement import measure_agreement
     judge = load_judge("local_hf_logprob", model="tiny-random-llama")
     print(measure_agreement(judge, "../shared/data/alpaca_eval_annotations", n=3, models=["vicuna-7b", "phi-2"],
                             cache_path="/tmp/judge_cache.jsonl"))
@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.evaluation import annotate
-from harness.judges import Judge
+from harness.evaluation.judging import annotate
+from harness.judges.base import Judge
 from xlpref.errors import InputError
 from xlpref.jsonio import read_json
 

@@ -5,7 +5,7 @@ edited. Deltas carry paired bootstrap intervals over the instructions both itera
 
 Example::
 
-    from harness.run_report import run_leaderboard
+    from harness.results.run_leaderboard import run_leaderboard
     for table in run_leaderboard(ctx):  # ctx from harness.loop.run_icr
         console.print(table)
 """
@@ -17,9 +17,9 @@ from typing import Any
 
 from rich.table import Table
 
-from harness.comparison import compare_rows, render_comparison
-from harness.leaderboard import leaderboard_frame, render_leaderboard, write_leaderboard_csv
-from harness.results import read_rows
+from harness.results.comparison import compare_rows, render_comparison
+from harness.results.leaderboard import leaderboard_frame, render_leaderboard, write_leaderboard_csv
+from harness.results.rows import read_rows
 
 
 def run_leaderboard(ctx: Any) -> list[Table]:

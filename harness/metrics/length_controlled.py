@@ -22,7 +22,7 @@ given; without them there is no regularisation (``length_controlled_noreg``), an
 Example::
 
     from xlpref.jsonio import read_json
-    from harness.lc import length_controlled_winrate, load_instruction_difficulty
+    from harness.metrics.length_controlled import length_controlled_winrate, load_instruction_difficulty
     difficulty = load_instruction_difficulty("../shared/data/alpaca_eval_lc/instruction_difficulty.csv")
     print(length_controlled_winrate(read_json("annotations.json"), instruction_difficulty=difficulty))
 """

@@ -1,7 +1,7 @@
 """Metrics from AlpacaEval annotations: win rates, the length-controlled win rate, paired bootstraps.
 
 Win-rate columns come from alpaca-eval's own ``get_winrate`` (same names, same numbers); the
-length-controlled win rate from :mod:`harness.lc` (alpaca-eval's GLM, fitted offline). The paired
+length-controlled win rate from :mod:`harness.metrics.length_controlled` (alpaca-eval's GLM, fitted offline). The paired
 bootstrap is ours (alpaca-eval has none): it compares two models, or two iterations, on the same
 instructions, per language and averaged over languages.
 
@@ -10,7 +10,7 @@ A preference is AlpacaEval's: a number in [1, 2], 2 when output_2 (the evaluated
 
 Example::
 
-    from harness.metrics import compute_metrics, load_annotations, load_instruction_difficulty
+    from harness.metrics.winrate import compute_metrics, load_annotations, load_instruction_difficulty
     annotations = load_annotations("../shared/data/alpaca_eval_annotations/vicuna-7b.json")
     difficulty = load_instruction_difficulty("../shared/data/alpaca_eval_lc/instruction_difficulty.csv")
     print(compute_metrics(annotations, instruction_difficulty=difficulty))
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.lc import (Annotations, annotations_frame, assign_ids_by_instruction, fit_instruction_difficulty,
+from harness.metrics.length_controlled import (Annotations, annotations_frame, assign_ids_by_instruction, fit_instruction_difficulty,
                         instruction_index, length_controlled_winrate, load_annotations, load_instruction_difficulty,
                         write_instruction_difficulty)
 from xlpref.errors import InputError

@@ -20,7 +20,7 @@ The client is the ``openai`` package's, with these rules:
 Example::
 
     import os
-    from harness.judges import JudgeItem, load_judge
+    from harness.judges.base import JudgeItem, load_judge
     os.environ["VLLM_API_KEY"] = "..."        # or leave unset for a server without --api-key
     judge = load_judge("weighted_vllm_multilingual", base_url="http://127.0.0.1:8000/v1")
     print(judge.preferences([JudgeItem("2+2?", "4", "5")]), judge.counters)
@@ -36,7 +36,7 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Sequence
 
-from harness.judges import JudgeConfig, JudgeItem, Judgement, format_messages, new_counters, parse_preference
+from harness.judges.base import JudgeConfig, JudgeItem, Judgement, format_messages, new_counters, parse_preference
 from xlpref.errors import InputError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)

@@ -2,15 +2,15 @@
 
 Both refuse rows from different judges (annotator or reference outputs): such deltas would measure
 the judges, not the models. Win-rate intervals come from a paired bootstrap over the instructions
-both rows answered (``harness.metrics.paired_bootstrap_average`` on each row's annotations, by
+both rows answered (``harness.metrics.winrate.paired_bootstrap_average`` on each row's annotations, by
 instruction id; one draw of instructions is shared by all languages, so the average's interval is
 paired too). The length-controlled win rate gets a point delta only: its interval would need the GLM refitted
 per resample. Published rows carry no annotations, so their deltas have no interval.
 
 Example::
 
-    from harness.comparison import check_regression, compare_rows
-    from harness.results import resolve_row
+    from harness.results.comparison import check_regression, compare_rows
+    from harness.results.rows import resolve_row
     a, b = resolve_row("demo-iter0"), resolve_row("demo-iter1")
     print(compare_rows(a, b, n_boot=1000))
     result = check_regression(b, a, tolerance=1.0, metric="lc")
@@ -27,8 +27,8 @@ import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
-from harness.leaderboard import METRIC_COLUMNS, METRIC_NAMES, canonical_order, check_metric
-from harness.results import Row
+from harness.results.leaderboard import METRIC_COLUMNS, METRIC_NAMES, canonical_order, check_metric
+from harness.results.rows import Row
 from xlpref.errors import InputError
 from xlpref.languages import check_languages
 
@@ -58,7 +58,7 @@ def _shared_languages(a: Row, b: Row, langs: Sequence[str] | None) -> list[str]:
 
 def _preferences(row: Row, langs: Sequence[str]) -> dict[str, dict] | None:
     """{lang: {instruction id: preference for the model}}, or None when any language lacks annotations."""
-    from harness.metrics import preferences_by_id
+    from harness.metrics.winrate import preferences_by_id
 
     found = {}
     for lang in langs:
@@ -78,7 +78,7 @@ def compare_rows(row_a: Row, row_b: Row, *, langs: Sequence[str] | None = None, 
         delta_lc; the last line has lang "avg" (mean over the languages). Deltas in percentage points;
         without annotations on both sides the interval columns are empty and is_significant is <NA>.
     """
-    from harness.metrics import paired_bootstrap_average
+    from harness.metrics.winrate import paired_bootstrap_average
 
     check_same_judge(row_a, row_b, "compare")
     langs = _shared_languages(row_a, row_b, langs)

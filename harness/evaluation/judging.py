@@ -16,8 +16,8 @@ stopped.
 
 Example::
 
-    from harness.evaluation import evaluate_outputs
-    from harness.judges import load_judge
+    from harness.evaluation.judging import evaluate_outputs
+    from harness.judges.base import load_judge
     from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs
     judge = load_judge("local_hf_logprob", model="tiny-random-llama")
     instructions = load_instructions(MINI_DIR / "x_alpacaeval" / "instructions", ["es"])["es"]
@@ -36,9 +36,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.judge_api import JudgeUnavailableError
-from harness.judges import Judge, JudgeItem, Judgement, alpaca_eval_modules, read_agreement
-from harness.outputs import load_model_outputs
+from harness.judges.api import JudgeUnavailableError
+from harness.judges.base import Judge, JudgeItem, Judgement, alpaca_eval_modules, read_agreement
+from harness.evaluation.model_outputs import load_model_outputs
 from xlpref.errors import InputError
 from xlpref.jsonio import dumps, iter_jsonl, write_json_atomic, write_jsonl_atomic
 
@@ -233,12 +233,12 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
 
     Args:
         model_outputs: a ``model_outputs.json`` path or its records (validated either way).
-        instruction_difficulty: a CSV path or a Series (``harness.metrics.load_instruction_difficulty``)
+        instruction_difficulty: a CSV path or a Series (``harness.metrics.winrate.load_instruction_difficulty``)
             for the length-controlled win rate; None fits it without.
         cache_path: the judge cache (default ``out_dir/judge_cache.jsonl``).
     """
-    from harness.lc import N_SPLITS
-    from harness.metrics import compute_metrics, load_instruction_difficulty, winrate_metrics
+    from harness.metrics.length_controlled import N_SPLITS
+    from harness.metrics.winrate import compute_metrics, load_instruction_difficulty, winrate_metrics
 
     out_dir = Path(out_dir)
     if isinstance(model_outputs, (str, Path)):

@@ -6,7 +6,7 @@ shared file itself. MT-Bench scores (table 3) are another benchmark on another s
 
 Example::
 
-    from harness.published import import_published
+    from harness.results.published_rows import import_published
     import_published("../shared/data/paper/icr_published_results.json", "results")
     # -> results/published/paper-icr-iter2/row.json, .../en/metrics.json, ...
 """
@@ -17,7 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
-from harness.results import PUBLISHED_DIR, read_row, write_row
+from harness.results.rows import PUBLISHED_DIR, read_row, write_row
 from xlpref.errors import InputError
 from xlpref.jsonio import read_json
 

@@ -24,7 +24,7 @@ only when a requested name is not found there.
 
 Example::
 
-    from harness.capabilities import record_capabilities, run_capability_suite
+    from harness.evaluation.capabilities import record_capabilities, run_capability_suite
     scores = run_capability_suite("tiny-random-llama", ["xlpref_toy_mc"],
                                   include_path="tests/fixtures/lm_eval_tasks", limit=4)
     print(scores)  # {"xlpref_toy_mc": {"metric": "acc_norm", "value": ..., "stderr": ..., "n_docs": 4, ...}}
@@ -358,7 +358,7 @@ def leaderboard_score(score: Mapping[str, Any]) -> float:
 
 def record_capabilities(row_dir: str | Path, scores: Mapping[str, Mapping[str, Any]]) -> Path:
     """Add these scores to a results row's capabilities.json (other tasks already there are kept)."""
-    from harness.results import read_row, write_capabilities
+    from harness.results.rows import read_row, write_capabilities
 
     row = read_row(row_dir)
     if row.is_published:

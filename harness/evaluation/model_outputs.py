@@ -12,7 +12,7 @@ can be evaluated without a model.
 Example::
 
     from pathlib import Path
-    from harness.outputs import generate_outputs, load_model_outputs
+    from harness.evaluation.model_outputs import generate_outputs, load_model_outputs
     from xlpref.data import MINI_DIR, load_instructions
     from xlpref.sampling import SamplingParams
     instructions = load_instructions(MINI_DIR / "x_alpacaeval" / "instructions", ["en", "es"])

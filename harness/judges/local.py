@@ -13,8 +13,8 @@ evaluation runs end to end, not which model is better. ``is_demo`` is set by the
 
 Example::
 
-    from harness.judges import JudgeItem
-    from harness.judge_local import LocalHFLogprobJudge
+    from harness.judges.base import JudgeItem
+    from harness.judges.local import LocalHFLogprobJudge
     judge = LocalHFLogprobJudge("tiny-random-llama")
     print(judge.preferences([JudgeItem("Say hi.", "Hi!", "Hello there!")]))
 """
@@ -25,7 +25,7 @@ import logging
 import math
 from typing import Any, Sequence
 
-from harness.judges import (
+from harness.judges.base import (
     JudgeConfig,
     JudgeItem,
     Judgement,

@@ -21,7 +21,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.capabilities import FRACTION_METRICS, RECOMMENDED_LANGUAGES, SUITES
+from harness.evaluation.capabilities import FRACTION_METRICS, RECOMMENDED_LANGUAGES, SUITES
 
 
 def render_scores(scores: Mapping[str, Mapping[str, Any]], *, title: str) -> Table:
@@ -71,13 +71,13 @@ def eval_suite(obj: Any, suite: str, model_spec: str, tasks: str, langs: str, in
                limit: int | None, batch_size: int, device: str | None, row: str | None, results_dir: Path,
                out: Path | None) -> None:
     """Run a capability suite on MODEL; print the scores, write -o OUT.json and the row's capabilities.json."""
-    from harness.capabilities import (
+    from harness.evaluation.capabilities import (
         check_task_folder,
         evaluate_suite,
         expand_tasks,
         record_capabilities,
     )
-    from harness.results import resolve_row
+    from harness.results.rows import resolve_row
     from xlpref.errors import InputError
     from xlpref.jsonio import write_json_atomic
 

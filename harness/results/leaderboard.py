@@ -10,8 +10,8 @@ the caption says which languages are missing.
 Example::
 
     from rich.console import Console
-    from harness.leaderboard import leaderboard_frame, render_leaderboard, write_leaderboard_csv
-    from harness.results import read_rows
+    from harness.results.leaderboard import leaderboard_frame, render_leaderboard, write_leaderboard_csv
+    from harness.results.rows import read_rows
     frame = leaderboard_frame(read_rows("results"), langs=["en", "es"], metric="lc")
     write_leaderboard_csv(frame, "results/leaderboard.csv")
     for table in render_leaderboard(frame, metric="lc"):
@@ -28,7 +28,7 @@ import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
-from harness.results import Row
+from harness.results.rows import Row
 from xlpref.errors import InputError
 from xlpref.jsonio import atomic_open
 from xlpref.languages import LANGUAGE_NAMES, check_languages

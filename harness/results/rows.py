@@ -23,7 +23,7 @@ never meet unannounced.
 
 Example::
 
-    from harness.results import import_published, read_rows
+    from harness.results.rows import import_published, read_rows
     import_published("../shared/data/paper/icr_published_results.json", "results")
     rows = read_rows("results")
     print([(r.row_id, r.languages) for r in rows])
@@ -198,7 +198,7 @@ def row_folders(results_dir: str | Path) -> list[Path]:
     """Every row folder: results/<row_id>/ and results/published/<row_id>/, in sorted order."""
     root = Path(results_dir)
     if not root.is_dir():
-        raise InputError("results folder not found; expected a folder of row folders (see harness/results.py)",
+        raise InputError("results folder not found; expected a folder of row folders (see harness/results/rows.py)",
                          path=root)
     found = (sorted(p.parent for p in root.glob("*/row.json"))
              + sorted(p.parent for p in root.glob(f"{PUBLISHED_DIR}/*/row.json")))
@@ -233,7 +233,7 @@ def resolve_row(name: str | Path, results_dir: str | Path = "results") -> Row:
 def read_judge_agreement(annotator: str, annotators_dir: str | Path | None = None) -> dict | None:
     """The judge's measured agreement with GPT-4 Turbo (annotators/<name>/agreement.json), or None."""
     if annotators_dir is None:
-        annotators_dir = Path(__file__).resolve().parent.parent / "benchmarks" / "x_alpacaeval" / "annotators"
+        annotators_dir = Path(__file__).resolve().parents[2] / "benchmarks" / "x_alpacaeval" / "annotators"
     if not ROW_ID_PATTERN.fullmatch(annotator) or annotator.startswith("."):
         return None  # not a folder name (e.g. the published judge's description): nothing measured here
     path = Path(annotators_dir) / annotator / "agreement.json"

@@ -13,7 +13,7 @@ and answers with one token, ``m`` (output_1) or ``M`` (output_2); the preference
 Reused from alpaca-eval: the prompt template text (copied, with METHOD.md's sentence on the answer's
 language added), its prompt formatting (``utils.make_prompts``, ``utils.prompt_to_chatml``), its parser
 (``completion_parsers.logprob_parser``) and its order randomisation (``RandomSwitchTwoColumnsProcessor``,
-applied in :mod:`harness.evaluation`; the judges see pairs in the order given).
+applied in :mod:`harness.evaluation.judging`; the judges see pairs in the order given).
 
 Why not alpaca-eval's ``PairwiseAnnotator`` end to end: its cache is keyed by the annotator's *name*
 (a changed judge model or prompt silently reuses old answers) and is rewritten as one JSON file per
@@ -26,7 +26,7 @@ above the package (alpaca-eval's documented behaviour).
 
 Example::
 
-    from harness.judges import JudgeItem, load_judge
+    from harness.judges.base import JudgeItem, load_judge
     judge = load_judge("local_hf_logprob", model="tiny-random-llama")
     print(judge.preferences([JudgeItem("Say hi in Spanish.", "Hola.", "Hello.")]))   # e.g. [1.49]
 """
@@ -48,7 +48,7 @@ from xlpref.errors import InputError
 
 log = logging.getLogger(__name__)
 
-ANNOTATORS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "x_alpacaeval" / "annotators"
+ANNOTATORS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "x_alpacaeval" / "annotators"
 
 #: alpaca-eval's ``fn_completions`` value -> the judge registered under that kind (xlpref.registry "judge").
 JUDGE_KINDS = {"openai_completions": "openai_compatible", "local_hf_logprob": "local_hf_logprob"}
@@ -303,13 +303,13 @@ def read_agreement(judge: Judge) -> dict | None:
 
 def __getattr__(name: str) -> Any:
     # The two implementations live in their own modules; importing them here lazily keeps
-    # ``harness.judges`` light (no openai / torch import) and the registry's targets stable.
+    # ``harness.judges.base`` light (no openai / torch import) and the registry's targets stable.
     if name == "OpenAICompatibleJudge":
-        from harness.judge_api import OpenAICompatibleJudge
+        from harness.judges.api import OpenAICompatibleJudge
 
         return OpenAICompatibleJudge
     if name == "LocalHFLogprobJudge":
-        from harness.judge_local import LocalHFLogprobJudge
+        from harness.judges.local import LocalHFLogprobJudge
 
         return LocalHFLogprobJudge
-    raise AttributeError(f"module 'harness.judges' has no attribute {name!r}")
+    raise AttributeError(f"module 'harness.judges.base' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Evaluation: model outputs, judging against reference outputs, capability suites."""

@@ -1,0 +1,1 @@
+"""Judges: the protocol and config loading, the API judge, the local judge, agreement with GPT-4 Turbo."""

@@ -1,0 +1,1 @@
+"""Metrics: win rate, length-controlled win rate, paired bootstrap, instruction difficulty."""

@@ -1,0 +1,1 @@
+"""Results: the rows tree, leaderboards, comparisons, plots, published rows, run reports."""
