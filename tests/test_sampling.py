@@ -23,10 +23,10 @@ from xlpref.sampling import (
     chat_prompt_ids,
     cut_at_stop,
     make_sampler,
-    requests_from_prompts,
     sample_to_log,
     stop_strings,
 )
+from xlpref.sampling_prompts import requests_from_prompts
 
 PROMPTS = {
     "en": ["Write a haiku about the sea.",

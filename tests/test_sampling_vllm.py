@@ -17,14 +17,16 @@ from pathlib import Path
 import pytest
 
 from xlpref.jsonio import read_jsonl
-from xlpref.sampling import RECORD_FIELDS, SamplingParams, make_sampler, requests_from_prompts
+from xlpref.sampling import RECORD_FIELDS, SamplingParams, make_sampler
+from xlpref.sampling_prompts import requests_from_prompts
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = """
 import json, sys
 from harness.store import RecordLog
-from xlpref.sampling import SAMPLE_KEY, SamplingParams, make_sampler, requests_from_prompts, sample_to_log
+from xlpref.sampling import SAMPLE_KEY, SamplingParams, make_sampler, sample_to_log
+from xlpref.sampling_prompts import requests_from_prompts
 
 if __name__ == "__main__":  # the engine spawns processes that import this file again
     model, prompts, out = sys.argv[1:4]

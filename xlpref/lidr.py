@@ -113,7 +113,7 @@ def prompts_from_train_prompts(by_lang: Mapping[str, Sequence[Any]], languages: 
 
 
 def prompts_from_requests(requests: Sequence[Any]) -> list[LIDRPrompt]:
-    """:class:`LIDRPrompt` s from sampler requests (:func:`xlpref.sampling.requests_from_prompts`)."""
+    """:class:`LIDRPrompt` s from sampler requests (:func:`xlpref.sampling_prompts.requests_from_prompts`)."""
     grouped: dict[Any, dict] = {}
     marks: dict[Any, bool] = {}
     for request in requests:

@@ -11,7 +11,8 @@ skipped and a partly done batch is generated again in full, keeping only the mis
 
 Example::
 
-    from xlpref.sampling import SamplingParams, make_sampler, requests_from_prompts
+    from xlpref.sampling import SamplingParams, make_sampler
+    from xlpref.sampling_prompts import requests_from_prompts
     requests = requests_from_prompts("../shared/data/train_prompts/random_100", ["en", "es"], limit=2)
     sampler = make_sampler("hf", "tiny-random-llama")
     records = sampler.sample(requests, SamplingParams(n=2, max_new_tokens=16))
@@ -24,7 +25,6 @@ import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
 from xlpref.errors import InputError
@@ -319,15 +319,6 @@ class HFSampler:
 
     def close(self) -> None:
         self.model = None
-
-
-# -- prompts in ----------------------------------------------------------------------------------
-
-def requests_from_prompts(path: str | Path, langs: Sequence[str], *, limit: int | None = None) -> list[SampleRequest]:
-    """Requests for ``langs`` from a prompts folder or JSONL file (see :mod:`xlpref.sampling_prompts`)."""
-    from xlpref.sampling_prompts import requests_from_prompts as read_requests
-
-    return read_requests(path, langs, limit=limit)
 
 
 # -- records out ----------------------------------------------------------------------------------

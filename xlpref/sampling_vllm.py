@@ -21,7 +21,8 @@ The engine spawns processes: call it from a ``if __name__ == "__main__":`` guard
 
 Example::
 
-    from xlpref.sampling import SamplingParams, make_sampler, requests_from_prompts
+    from xlpref.sampling import SamplingParams, make_sampler
+    from xlpref.sampling_prompts import requests_from_prompts
     if __name__ == "__main__":
         sampler = make_sampler("vllm", "gemma-3-270m")  # tiny-random-llama: head size 8, too small for vLLM CPU
         requests = requests_from_prompts("../shared/data/train_prompts/random_100", ["en", "es"], limit=4)

@@ -53,7 +53,7 @@ class SamplingBenchConfig:
 
 def sampling_requests(n: int) -> list:
     from xlpref.data import MINI_DIR
-    from xlpref.sampling import requests_from_prompts
+    from xlpref.sampling_prompts import requests_from_prompts
 
     langs = ["en", "es", "de", "fr", "ru", "zh"]
     by_lang = requests_from_prompts(MINI_DIR / "x_alpacaeval" / "instructions", langs, limit=-(-n // len(langs)))

@@ -88,7 +88,7 @@ def annotate(obj, annotator_name: str, policy: str, prompts_path: Path | None, l
     console = Console()
     if annotator_name == "lidr":
         from xlpref.lidr import prompts_from_requests
-        from xlpref.sampling import requests_from_prompts
+        from xlpref.sampling_prompts import requests_from_prompts
 
         languages = parse_languages(langs)
         # English answers are always needed: they are the chosen side of every pair.

@@ -78,7 +78,8 @@ def sample(obj, model: str, prompts: Path, langs: str, n: int, output: Path, bac
     """Sample N responses per prompt in each language of LANGS into OUTPUT (resumable)."""
     from harness.store import RecordLog
     from xlpref.languages import parse_languages
-    from xlpref.sampling import SAMPLE_KEY, SamplingParams, make_sampler, requests_from_prompts, sample_to_log
+    from xlpref.sampling import SAMPLE_KEY, SamplingParams, make_sampler, sample_to_log
+    from xlpref.sampling_prompts import requests_from_prompts
 
     params = SamplingParams(
         n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
