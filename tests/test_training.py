@@ -15,9 +15,8 @@ import torch
 
 from xlpref.errors import InputError
 from xlpref.models import build_tiny_model, load_model
-from xlpref.training import (
-    MARKER, DPOTrainerAdapter, TrainConfig, build_english_dpo_model, load_pairs_for_training, train_dpo,
-)
+from xlpref.recipes import build_english_dpo_model
+from xlpref.training import MARKER, TrainConfig, load_pairs_for_training, train_dpo
 
 PAIRS = [
     {"id": f"p{i}", "lang": lang, "prompt": prompt, "chosen": chosen, "rejected": rejected}
@@ -172,7 +171,7 @@ def test_same_seed_gives_the_same_weights_and_a_second_run_is_skipped(tmp_path):
     a, _ = load_model(str(tmp_path / "a"), device="cpu")
     b, _ = load_model(str(tmp_path / "b"), device="cpu")
     assert max_weight_change(a, b) < 1e-6
-    again = DPOTrainerAdapter(progress=False).train("tiny-random-llama", PAIRS, tmp_path / "a", config)
+    again = train_dpo("tiny-random-llama", PAIRS, tmp_path / "a", config, progress=False)
     assert again.was_skipped and again.first_loss == first.first_loss and again.steps == first.steps == 2
     meta = json.loads((tmp_path / "a" / MARKER).read_text())
     assert meta["pairs_per_language"] == {"en": 2, "es": 2, "de": 1, "fr": 1, "ru": 1, "zh": 1}

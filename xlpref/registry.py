@@ -30,14 +30,6 @@ REGISTRY: dict[str, dict[str, str]] = {
         "implicit-reward": "xlpref.pairs:ImplicitRewardAnnotator",
         "lidr": "xlpref.lidr:LIDRAnnotator",
     },
-    "trainer": {
-        "dpo": "xlpref.training:DPOTrainerAdapter",
-    },
-    "judge": {
-        "weighted_gpt4_turbo_multilingual": "harness.judges.base:OpenAICompatibleJudge",
-        "openai_compatible": "harness.judges.base:OpenAICompatibleJudge",
-        "local_hf_logprob": "harness.judges.base:LocalHFLogprobJudge",
-    },
 }
 
 
@@ -55,10 +47,10 @@ def resolve(kind: str, name: str) -> Any:
         raise InputError(f"unknown stage kind '{kind}'; expected one of {sorted(REGISTRY)}")
     if name not in entries:
         raise InputError(f"unknown {kind} '{name}'; expected one of {sorted(entries)}")
-    module_name, _, attr = entries[name].partition(":")
+    return import_target(entries[name])
+
+
+def import_target(target: str) -> Any:
+    """Import and return the object a ``"module:attr"`` string names."""
+    module_name, _, attr = target.partition(":")
     return getattr(importlib.import_module(module_name), attr)
-
-
-def register(kind: str, name: str, target: str) -> None:
-    """Register ``"module:attr"`` under ``name`` (for plug-ins and tests)."""
-    REGISTRY.setdefault(kind, {})[name] = target

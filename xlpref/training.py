@@ -53,7 +53,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 from xlpref.errors import InputError
 from xlpref.jsonio import iter_jsonl, write_json_atomic
@@ -171,13 +171,6 @@ class TrainResult:
     world_size: int = 1  # processes that trained together
     rank: int = 0  # this process's rank among them
     micro_batches: int | None = None  # forward/backward passes this process ran (None when skipped)
-
-
-class PreferenceTrainer(Protocol):
-    """A training stage: preference pairs in, a loadable model folder out."""
-
-    def train(self, model_spec: str, pairs: list[dict], output_dir: str | Path, config: TrainConfig) -> TrainResult:
-        ...
 
 
 # -- pairs -------------------------------------------------------------------------------------------
@@ -507,48 +500,3 @@ def _save(model: Any, tokenizer: Any, output_dir: Path, meta: dict, *, state_dic
     if output_dir.exists():  # an empty folder (checked by the caller)
         output_dir.rmdir()
     os.replace(tmp, output_dir)
-
-
-class DPOTrainerAdapter:
-    """The registry's ``trainer`` ``dpo``: :func:`train_dpo` behind the :class:`PreferenceTrainer` interface."""
-
-    def __init__(self, *, progress: bool = True) -> None:
-        self.progress = progress
-
-    def train(self, model_spec: str | tuple, pairs: list[dict], output_dir: str | Path,
-              config: TrainConfig) -> TrainResult:
-        return train_dpo(model_spec, pairs, output_dir, config, progress=self.progress)
-
-
-# -- the demo's English DPO model ---------------------------------------------------------------------
-
-ENGLISH_DPO_SPEC = "gemma-3-270m-en-dpo"
-#: LoRA on Gemma-3-270M, sized for a CPU: one epoch over the bundled pairs (7 steps of 8 pairs); the
-#: learning rate is high because the steps are few and the margin must visibly widen.
-ENGLISH_DPO_CONFIG = TrainConfig(
-    lora=True, lora_r=16, lora_alpha=32, learning_rate=5e-4, epochs=1.0, batch_size=8, max_length=256,
-)
-
-
-def build_english_dpo_model(base: str = "gemma-3-270m", pairs_path: str | Path | None = None,
-                            output_dir: str | Path | None = None, config: TrainConfig | None = None,
-                            *, progress: bool = True) -> Path:
-    """The demo's pi_dpo: ``base`` DPO-trained (+NLL) on English preference pairs; cached.
-
-    The cache (default ``cache_dir()/models/gemma-3-270m-en-dpo``) is reused when its fingerprint
-    (base, pairs, settings) matches and rebuilt otherwise. ``base`` is the matching pi_ref.
-    """
-    from xlpref.data import MINI_DIR, load_preference_pairs
-    from xlpref.models import cache_dir
-
-    pairs_path = Path(pairs_path) if pairs_path else MINI_DIR / "preference_pairs" / "en.jsonl"
-    output_dir = Path(output_dir) if output_dir else cache_dir() / "models" / ENGLISH_DPO_SPEC
-    config = config or ENGLISH_DPO_CONFIG
-    pairs = [{"lang": "en", "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
-             for p in load_preference_pairs(pairs_path)]
-    done = completed_training(output_dir)
-    is_stale = done is not None and done.get("fingerprint") != training_fingerprint(base, pairs, config)
-    if is_stale or (done is None and output_dir.exists()):
-        shutil.rmtree(output_dir)  # our own cache folder, built from other pairs or settings
-    train_dpo(base, pairs, output_dir, config, progress=progress)
-    return output_dir

@@ -90,7 +90,9 @@ def prepare(spec: str, force: bool) -> None:
             def step(message: str, fraction: float) -> None:
                 progress.update(task, completed=fraction, description=f"{spec}: {message}")
 
-            result = xmodels.prepare_gemma(step, force=force)
+            from xlpref.recipes import prepare_gemma
+
+            result = prepare_gemma(step, force=force)
         path, seconds, was_cached = result.path, result.seconds, result.was_cached
     else:
         target = xmodels.cache_dir() / "models" / spec
