@@ -180,7 +180,7 @@ def _with_base(raw: dict, path: Path, seen: tuple[Path, ...]) -> dict:
 def _check_judge(evaluation: EvaluationConfig, path: Path) -> None:
     """Resolve the judge now (unknown judge or option fails before any work; an ``api_key`` option is refused:
     keys come only from the environment variable the judge config names)."""
-    from harness.judges.base import load_judge_config
+    from harness.judges.loading import load_judge_config
 
     try:
         load_judge_config(evaluation.judge, **evaluation.judge_options)

@@ -76,8 +76,8 @@ def _release() -> None:
 def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
     """X-AlpacaEval evaluation of pi_t: outputs per language, judge annotations, metrics."""
     from harness.evaluation.judging import evaluate_outputs
-    from harness.judges.base import load_judge
     from harness.evaluation.model_outputs import generate_outputs
+    from harness.judges.loading import load_judge
     from harness.trackers import log_iteration_metrics
     from xlpref.sampling import SamplingParams
 

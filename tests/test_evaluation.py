@@ -15,7 +15,7 @@ from fake_openai_server import FakeOpenAIServer
 
 from harness.cli import main
 from harness.evaluation.judging import annotate, evaluate_outputs
-from harness.judges.base import load_judge
+from harness.judges.loading import load_judge
 from harness.evaluation.model_outputs import generate_outputs, load_model_outputs
 from xlpref.data import MINI_DIR, default_data_dir, load_instructions, load_reference_outputs
 from xlpref.errors import InputError

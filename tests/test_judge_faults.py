@@ -21,7 +21,7 @@ from fake_openai_server import FAULT_KINDS, FakeOpenAIServer
 
 from harness.cli import main
 from harness.evaluation.judging import evaluate_outputs
-from harness.judges.base import load_judge, load_judge_config
+from harness.judges.loading import load_judge, load_judge_config
 from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs
 
 JUDGE = "weighted_gpt4_turbo_multilingual"

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from fake_openai_server import FakeOpenAIServer
 
-from harness.judges.base import ANNOTATORS_DIR, JudgeItem, load_judge, load_judge_config, parse_preference
+from benchmarks.x_alpacaeval import ANNOTATORS_DIR
+from harness.judges.base import JudgeItem, parse_preference
+from harness.judges.loading import load_judge, load_judge_config
 from xlpref.data import default_data_dir
 from xlpref.errors import InputError
 

@@ -30,7 +30,8 @@ import yaml
 
 from fake_openai_server import FakeOpenAIServer
 import cli_helpers
-from harness.judges.base import JudgeItem, load_judge, load_judge_config
+from harness.judges.base import JudgeItem
+from harness.judges.loading import load_judge, load_judge_config
 from harness.results.rows import check_row_id, resolve_row, write_row
 from harness.store import RunStore, safe_join
 from xlpref.data import MINI_DIR

@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 
 from harness.evaluation.judging import evaluate_outputs
-from harness.judges.base import JudgeItem, format_messages, load_judge
+from harness.judges.base import JudgeItem, format_messages
+from harness.judges.loading import load_judge
 from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs
 
 pytestmark = pytest.mark.slow

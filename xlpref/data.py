@@ -40,7 +40,10 @@ HUB_FILES = {"en": "english.json", "zh": "chinese.json", "ko": "korean.json", "i
 MAX_INSTRUCTION_CHARS = 100_000
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MINI_DIR = REPO_ROOT / "benchmarks" / "x_alpacaeval" / "mini"
+#: The benchmark's definition folder (benchmark.yaml, annotators/, the bundled mini set): the one place
+#: its path is built; ``benchmarks.x_alpacaeval`` and the harness's judges take it from here.
+BENCHMARK_DIR = REPO_ROOT / "benchmarks" / "x_alpacaeval"
+MINI_DIR = BENCHMARK_DIR / "mini"
 
 
 def default_data_dir() -> Path:

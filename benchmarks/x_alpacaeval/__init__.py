@@ -18,10 +18,14 @@ from typing import Any
 
 import yaml
 
+from xlpref.data import BENCHMARK_DIR
 from xlpref.errors import InputError
 from xlpref.languages import LANGUAGE_NAMES
 
-BENCHMARK_FILE = Path(__file__).with_name("benchmark.yaml")
+BENCHMARK_FILE = BENCHMARK_DIR / "benchmark.yaml"
+#: One folder per judge: alpaca-eval's ``configs.yaml`` (plus an ``xlpref`` block), its prompt template,
+#: and its measured ``agreement.json``.
+ANNOTATORS_DIR = BENCHMARK_DIR / "annotators"
 
 
 @dataclass(frozen=True)

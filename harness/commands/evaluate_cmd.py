@@ -35,7 +35,7 @@ def _data_dir(data_dir: Path | None, mini: bool) -> Path:
 
 
 def _judge_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    from harness.judges.base import parse_option_value
+    from harness.judges.loading import parse_option_value
 
     options = {}
     for pair in pairs:
@@ -189,8 +189,8 @@ def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, 
              instruction_difficulty: Path | None, switch_seed: int) -> None:
     """Judge OUTPUTS (a folder of {lang}/model_outputs.json, or one file) against reference outputs."""
     from harness.evaluation.judging import evaluate_outputs
-    from harness.judges.base import load_judge, read_agreement
     from harness.evaluation.model_outputs import load_model_outputs
+    from harness.judges.loading import load_judge, read_agreement
     from xlpref.data import load_instructions, load_reference_outputs
     from xlpref.languages import parse_languages
 
@@ -236,7 +236,7 @@ def judge_agreement(obj: Any, judge_name: str, judge_option: tuple[str, ...], n:
     import shlex
 
     from harness.judges.agreement import measure_agreement
-    from harness.judges.base import agreement_path, load_judge
+    from harness.judges.loading import agreement_path, load_judge
     from harness.store import now_iso
     from xlpref.data import default_data_dir
     from xlpref.jsonio import dumps, write_json_atomic

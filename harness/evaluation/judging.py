@@ -17,7 +17,7 @@ stopped.
 Example::
 
     from harness.evaluation.judging import evaluate_outputs
-    from harness.judges.base import load_judge
+    from harness.judges.loading import load_judge
     from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs
     judge = load_judge("local_hf_logprob", model="tiny-random-llama")
     instructions = load_instructions(MINI_DIR / "x_alpacaeval" / "instructions", ["es"])["es"]
@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.judges.api import JudgeUnavailableError
-from harness.judges.base import Judge, JudgeItem, Judgement, alpaca_eval_modules, read_agreement
+from harness.judges.base import Judge, JudgeItem, Judgement, alpaca_eval_modules
+from harness.judges.loading import read_agreement
 from harness.evaluation.model_outputs import load_model_outputs
 from xlpref.errors import InputError
 from xlpref.jsonio import dumps, iter_jsonl, write_json_atomic, write_jsonl_atomic

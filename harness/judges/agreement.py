@@ -20,7 +20,7 @@ into a folder of ``<model>.json`` files (``--annotations-dir``).
 
 Example::
 
-    from harness.judges.base import load_judge
+    from harness.judges.loading import load_judge
     from harness.judges.agreement import measure_agreement
     judge = load_judge("local_hf_logprob", model="tiny-random-llama")
     print(measure_agreement(judge, "../shared/data/alpaca_eval_annotations", n=3, models=["vicuna-7b", "phi-2"],

@@ -20,7 +20,8 @@ The client is the ``openai`` package's, with these rules:
 Example::
 
     import os
-    from harness.judges.base import JudgeItem, load_judge
+    from harness.judges.base import JudgeItem
+    from harness.judges.loading import load_judge
     os.environ["VLLM_API_KEY"] = "..."        # or leave unset for a server without --api-key
     judge = load_judge("weighted_vllm_multilingual", base_url="http://127.0.0.1:8000/v1")
     print(judge.preferences([JudgeItem("2+2?", "4", "5")]), judge.counters)

@@ -25,15 +25,8 @@ import logging
 import math
 from typing import Any, Sequence
 
-from harness.judges.base import (
-    JudgeConfig,
-    JudgeItem,
-    Judgement,
-    format_messages,
-    load_judge_config,
-    new_counters,
-    parse_preference,
-)
+from harness.judges.base import JudgeConfig, JudgeItem, Judgement, format_messages, new_counters, parse_preference
+from harness.judges.loading import load_judge_config
 from xlpref.errors import InputError
 
 log = logging.getLogger(__name__)

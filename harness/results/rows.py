@@ -233,7 +233,7 @@ def resolve_row(name: str | Path, results_dir: str | Path = "results") -> Row:
 def read_judge_agreement(annotator: str, annotators_dir: str | Path | None = None) -> dict | None:
     """The judge's measured agreement with GPT-4 Turbo (annotators/<name>/agreement.json), or None."""
     if annotators_dir is None:
-        annotators_dir = Path(__file__).resolve().parents[2] / "benchmarks" / "x_alpacaeval" / "annotators"
+        from benchmarks.x_alpacaeval import ANNOTATORS_DIR as annotators_dir
     if not ROW_ID_PATTERN.fullmatch(annotator) or annotator.startswith("."):
         return None  # not a folder name (e.g. the published judge's description): nothing measured here
     path = Path(annotators_dir) / annotator / "agreement.json"
