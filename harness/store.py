@@ -8,8 +8,8 @@ Layout::
       <stage>.jsonl          a finished stage's records (written atomically, canonical order)
       <stage>.partial.jsonl  records appended while the stage runs (flushed per batch)
 
-A stage's records are keyed (e.g. ``(lang, id, sample_index)``). Rerunning a stage skips keys already
-in its partial file, tolerates a torn last line from a crash, and never duplicates a record.
+A stage's records are keyed (e.g. ``(lang, id, sample_index)``) in a :class:`xlpref.records.RecordLog`;
+:class:`RunStore` is the method's :class:`xlpref.records.RecordStore`, the logs living inside the run.
 
 Example::
 
@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from xlpref.errors import InputError
-from xlpref.jsonio import atomic_open, dumps, iter_jsonl, read_json, write_json_atomic, write_jsonl_atomic
+from xlpref.jsonio import atomic_open, read_json, write_json_atomic
+from xlpref.records import RecordLog
 
 TRACKED_PACKAGES = (
     "xlpref", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
@@ -88,83 +89,6 @@ def safe_join(root: str | Path, *parts: str) -> Path:
     if candidate != root_path and root_path not in candidate.parents:
         raise InputError(f"path {'/'.join(parts)!r} leaves {root_path}; expected a path inside it")
     return candidate
-
-
-class RecordLog:
-    """An append-only, keyed JSONL log that becomes a finished artifact.
-
-    Args:
-        final_path: where the finished artifact goes.
-        key: record fields forming the unique key.
-    """
-
-    def __init__(self, final_path: str | Path, key: Sequence[str]) -> None:
-        self.final_path = Path(final_path)
-        self.partial_path = self.final_path.with_name(self.final_path.stem + ".partial.jsonl")
-        self.key = tuple(key)
-        self._records: dict[tuple, dict] = {}
-        if self.final_path.exists():
-            for _, rec in iter_jsonl(self.final_path):
-                self._records[self.key_of(rec)] = rec
-        elif self.partial_path.exists():
-            for _, rec in iter_jsonl(self.partial_path, allow_truncated_tail=True):
-                self._records.setdefault(self.key_of(rec), rec)
-            self._rewrite_partial()
-
-    def _rewrite_partial(self) -> None:
-        # Drops a torn last line (crash while appending) so later appends start on a clean line.
-        write_jsonl_atomic(self.partial_path, self._records.values())
-
-    @property
-    def is_finished(self) -> bool:
-        return self.final_path.exists()
-
-    def key_of(self, record: dict) -> tuple:
-        try:
-            return tuple(record[k] for k in self.key)
-        except KeyError as exc:
-            raise InputError(f"record lacks key field {exc.args[0]!r}; expected fields {list(self.key)}",
-                             path=self.partial_path) from None
-
-    @property
-    def done_keys(self) -> set[tuple]:
-        return set(self._records)
-
-    @property
-    def records(self) -> list[dict]:
-        return list(self._records.values())
-
-    def append(self, records: Iterable[dict]) -> None:
-        """Append finished records (flushed and fsynced); keys already present are ignored."""
-        if self.is_finished:
-            raise RuntimeError(f"{self.final_path} is finished; it cannot take more records")
-        new = []
-        for rec in records:
-            k = self.key_of(rec)
-            if k not in self._records:
-                self._records[k] = rec
-                new.append(rec)
-        if not new:
-            return
-        self.partial_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.partial_path, "a", encoding="utf-8") as handle:
-            handle.write("".join(dumps(r) + "\n" for r in new))
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def finish(self, order: Sequence[tuple] | None = None) -> list[dict]:
-        """Write the finished artifact atomically (in ``order`` of keys when given) and drop the partial."""
-        if order is not None:
-            missing = [k for k in order if k not in self._records]
-            if missing:
-                raise RuntimeError(f"{self.final_path}: {len(missing)} records missing, e.g. {missing[0]}")
-            rows = [self._records[k] for k in order]
-        else:
-            rows = list(self._records.values())
-        write_jsonl_atomic(self.final_path, rows)
-        if self.partial_path.exists():
-            self.partial_path.unlink()
-        return rows
 
 
 class RunStore:

@@ -28,3 +28,21 @@ def tiny_reference_run(tmp_path_factory) -> ReferenceRun:
         pytest.fail(f"the uninterrupted tiny run exited {timeline.returncode}:\n"
                     f"{log_path.read_text(errors='replace')[-3000:]}")
     return ReferenceRun(run_dir, timeline, log_path)
+
+
+class FolderRecordStore:
+    """The method's :class:`xlpref.records.RecordStore` over a plain folder (what the run store does, without a run)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def record_log(self, name: str, key):
+        from xlpref.records import RecordLog
+
+        return RecordLog(self.root / f"{name}.jsonl", key)
+
+
+@pytest.fixture
+def record_store(tmp_path) -> FolderRecordStore:
+    """Record logs under ``tmp_path / "run"``, laid out as in a run directory."""
+    return FolderRecordStore(tmp_path / "run")

@@ -14,8 +14,6 @@ import pytest
 from cli_helpers import run_cli
 from results_fixtures import add_row
 
-from harness.config import AnnotatorConfig
-from harness.store import RunStore
 from xlpref.data import MINI_DIR, load_train_prompts
 from xlpref.errors import InputError
 from xlpref.lidr import (
@@ -147,13 +145,13 @@ def test_translation_instruction_matches_the_translate_to_english_reward():
 
 # -- a tiny model through the loop's interface -------------------------------------------------------
 
-def test_tiny_model_lidr_iteration_through_the_registry_is_resumable(tmp_path):
+def test_tiny_model_lidr_iteration_through_the_registry_is_resumable(tmp_path, record_store):
     by_lang = load_train_prompts(PROMPTS_DIR, ["en", "es", "de"])
     prompts = {lang: [rows[0], rows[-1]] for lang, rows in by_lang.items()}  # the last: a translation task
     assert [p.is_translation_task for p in prompts["es"]] == [False, True]
     policy = build_tiny_model("tiny-random-gemma3", seed=0)
-    store = RunStore(tmp_path / "run")
-    annotator = resolve("annotator", "lidr")(AnnotatorConfig(name="lidr", max_new_tokens=6), seed=43, console=None)
+    store = record_store
+    annotator = resolve("annotator", "lidr")(seed=43, console=None, max_new_tokens=6)
     assert annotator.needs_samples is False and annotator.settings["max_new_tokens"] == 6
 
     def annotate():  # exactly the loop's call

@@ -181,7 +181,7 @@ def test_bad_input_is_an_input_error(models):
 
 
 def test_resumed_scoring_equals_uninterrupted(tmp_path, monkeypatch):
-    from harness.store import RecordLog
+    from xlpref.records import RecordLog
     from xlpref.reward import SCORE_KEY
 
     policy, tokenizer = build_tiny_model("tiny-random-llama", seed=1)
@@ -263,9 +263,7 @@ def test_cli_score_then_pairs(tmp_path, monkeypatch):
     assert all(p["chosen_reward"] > p["rejected_reward"] or p["alpha"] > 0 for p in written)
 
 
-def test_annotator_scores_into_the_store_and_builds_pairs(tmp_path):
-    from harness.config import AnnotatorConfig
-    from harness.store import RunStore
+def test_annotator_scores_into_the_store_and_builds_pairs(tmp_path, record_store):
     from xlpref.pairs import PairsResult, build_pairs
     from xlpref.registry import resolve
 
@@ -273,9 +271,8 @@ def test_annotator_scores_into_the_store_and_builds_pairs(tmp_path):
     reference = build_tiny_model("tiny-random-llama", seed=2)
     rows = [sample(lang=lang, id_=i, index=k, response=RESPONSES[(i + k) % 5])
             for lang in ("es", "th") for i in range(2) for k in range(2)]
-    annotator = resolve("annotator", "implicit-reward")(AnnotatorConfig(reward="multilingual", alpha_step=0.01),
-                                                         seed=1, console=None)
-    store = RunStore(tmp_path / "run")
+    annotator = resolve("annotator", "implicit-reward")(seed=1, console=None, reward="multilingual", alpha_step=0.01)
+    store = record_store
     result = annotator.annotate(samples=rows, policy="unused-when-reward_policy-is-given", reward_policy=policy,
                                 reference=reference, prompts={}, languages=["es", "th"], store=store,
                                 stage_dir="iter_0", progress=False)

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from harness.cli import cli, main
-from harness.store import RecordLog
+from xlpref.records import RecordLog
 from xlpref.errors import InputError
 from xlpref.jsonio import read_jsonl
 from xlpref.models import PLAIN_CHAT_TEMPLATE, build_tiny_model, build_tiny_tokenizer

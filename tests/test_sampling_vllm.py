@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = """
 import json, sys
-from harness.store import RecordLog
+from xlpref.records import RecordLog
 from xlpref.sampling import SAMPLE_KEY, SamplingParams, make_sampler, sample_to_log
 from xlpref.sampling_prompts import requests_from_prompts
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.store import RecordLog, RunStore
+from harness.store import RunStore
+from xlpref.records import RecordLog
 from xlpref.errors import InputError
 from xlpref.jsonio import atomic_open, read_jsonl, write_json_atomic, write_jsonl_atomic
 

@@ -58,6 +58,7 @@ from typing import Any, ClassVar
 from xlpref.errors import InputError
 from xlpref.languages import check_languages, language_name
 from xlpref.pairs import PairsResult
+from xlpref.records import RecordStore
 
 #: What the policy is asked to translate an answer; ``{language}`` is the English name of the target.
 TRANSLATION_INSTRUCTION = "Translate the following text into {language}. Output only the translation.\n\n{text}"
@@ -240,7 +241,7 @@ def render_lidr_summary(summary: Mapping[str, Mapping]) -> Any:
 class LIDRAnnotator:
     """Registry annotator ``lidr``: greedy answers and self-translations by the policy pi_t, then pairs.
 
-    Settings (from an :class:`harness.config.AnnotatorConfig`-like object and/or keywords):
+    Settings (from the run config's ``annotator`` block, or any object with these attributes, and/or keywords):
     ``max_new_tokens`` (answers and translations), ``batch_size`` (prompts per generation batch),
     ``backend`` (sampler: ``hf`` or ``vllm``).
     """
@@ -265,14 +266,14 @@ class LIDRAnnotator:
                               batch_size=self.settings["batch_size"], repetition_penalty=repetition_penalty)
 
     def annotate(self, *, prompts: Mapping[str, Sequence[Any]] | Sequence[LIDRPrompt], languages: Sequence[str],
-                 policy: Any, store: Any = None, stage_dir: str | None = None, progress: bool = True,
+                 policy: Any, store: RecordStore | None = None, stage_dir: str | None = None, progress: bool = True,
                  **_context: Any) -> PairsResult:
         """Answers, translations and pairs for ``prompts`` in ``languages`` by ``policy``.
 
         Args:
             prompts: ``{lang: [TrainPrompt]}`` (the loop's) or a list of :class:`LIDRPrompt`.
             policy: pi_t, a spec or folder for :func:`xlpref.models.load_model`, or a ``(model, tokenizer)``.
-            store: a :class:`harness.store.RunStore`; answers and translations become resumable logs in it.
+            store: a :class:`xlpref.records.RecordStore`; answers and translations become resumable logs in it.
             _context: the loop's other keywords (samples, reward_policy, reference): not used by LIDR.
         Returns:
             The pairs and the summary per language, plus ``_tokens`` (tokens generated, all records).
@@ -301,7 +302,7 @@ class LIDRAnnotator:
             self.console.print(render_lidr_summary(summary))
         return PairsResult(result.pairs, summary)
 
-    def _generate(self, sampler: Any, requests: list, repetition_penalty: float, store: Any, stage_dir: str | None,
+    def _generate(self, sampler: Any, requests: list, repetition_penalty: float, store: RecordStore | None, stage_dir: str | None,
                   name: str, progress: bool) -> list[dict]:
         from xlpref.sampling import sample_to_log
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from xlpref.errors import InputError
 from xlpref.jsonio import is_finite_number
+from xlpref.records import RecordStore
 
 #: Fields a scored record needs to take part in a pair.
 SCORED_FIELDS = ("lang", "id", "prompt", "response", "reward")
@@ -229,7 +230,7 @@ def render_pairs_summary(summary: dict[str, dict]) -> Any:
 class ImplicitRewardAnnotator:
     """Registry annotator ``implicit-reward``: score samples with the implicit reward, then build pairs.
 
-    Settings (from an :class:`harness.config.AnnotatorConfig`-like object and/or keywords): ``reward``,
+    Settings (from the run config's ``annotator`` block, or any object with these attributes, and/or keywords): ``reward``,
     ``length_control``, ``alpha_step``, ``upper_bound``, ``max_batch_tokens`` and ``max_new_tokens``
     (translations, for ``translate-to-english``; the scoring policy translates).
     """
@@ -247,7 +248,7 @@ class ImplicitRewardAnnotator:
         self.console = console
 
     def annotate(self, *, samples: list[dict], reference: Any, reward_policy: Any = None, policy: Any = None,
-                 tokenizer: Any = None, store: Any = None, stage_dir: str | None = None, progress: bool = True,
+                 tokenizer: Any = None, store: RecordStore | None = None, stage_dir: str | None = None, progress: bool = True,
                  **_context: Any) -> PairsResult:
         """Score ``samples`` with (reward_policy or policy, reference), then build pairs.
 

@@ -20,7 +20,7 @@ Decisions (METHOD.md step 2, made exact):
   English instruction"; the authors' code conditions it on the plain instruction too).
 - Output: the input record plus ``reward``, ``logp_policy``, ``logp_reference``, ``n_response_tokens``
   (the scored token count; it replaces a sampler's count) and ``reward_type``.
-- Resumable: with a :class:`harness.store.RecordLog` keyed ``(lang, id, sample_index)``, records already
+- Resumable: with a :class:`xlpref.records.RecordLog` keyed ``(lang, id, sample_index)``, records already
   scored are kept, new ones are appended block by block and the log is finished in input order.
   Blocks (whole prompt groups) are planned from the full record list; a block with a missing record
   is translated again in full (greedy batches depend on their composition) and its missing records
@@ -307,7 +307,7 @@ def score_records(records: list[dict], policy: Any, reference: Any, tokenizer: A
 
     Args:
         reward: a registered reward name or a :class:`RewardFunction`.
-        log: a :class:`harness.store.RecordLog` keyed ``lang, id, sample_index`` to resume from and append to.
+        log: a :class:`xlpref.records.RecordLog` keyed ``lang, id, sample_index`` to resume from and append to.
 
     Raises:
         InputError: a record lacks a field or has a wrong type, duplicate keys, a log scored with another reward.

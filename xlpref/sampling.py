@@ -325,7 +325,7 @@ class HFSampler:
 
 def sample_to_log(sampler: Sampler, requests: Sequence[SampleRequest], params: SamplingParams, log: Any,
                   progress: bool = True) -> list[dict]:
-    """Sample into a :class:`harness.store.RecordLog` (key ``lang, id, sample_index``), resumably.
+    """Sample into a :class:`xlpref.records.RecordLog` (key ``lang, id, sample_index``), resumably.
 
     Skips records already in the log, appends per batch, and finishes the log in request order.
 
