@@ -16,11 +16,12 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from harness.commands import DEFAULT_SEED
 from xlpref.errors import InputError, ServiceUnavailableError
 
 # name -> "module:attr"; one line per command, each module owns its commands.
@@ -53,9 +54,8 @@ class Context:
     """Global options, passed to every command as ``ctx.obj``."""
 
     run_dir: Path | None = None
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     verbose: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class LazyGroup(click.Group):
@@ -86,7 +86,7 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None,
               help="Run directory for artifacts (default: per command).")
-@click.option("--seed", type=int, default=42, show_default=True, help="Global random seed.")
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Global random seed.")
 @click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
 @click.version_option(package_name="xlpref")
 @click.pass_context

@@ -19,12 +19,25 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from xlpref.distributed import DEEPSPEED_STAGES, LAUNCHERS
 from xlpref.errors import InputError
 from xlpref.languages import LANGUAGE_NAMES
+from xlpref.registry import names
+from xlpref.training import TrainConfig
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _registered(kind: str, field: str) -> Any:
+    """A field validator accepting the names registered for ``kind`` in :mod:`xlpref.registry`."""
+    def check(cls: type, value: str) -> str:
+        if value not in names(kind):
+            raise ValueError(f"unknown {kind} {value!r}; expected one of {names(kind)}")
+        return value
+
+    return field_validator(field)(check)
 
 
 class ModelsConfig(_Strict):
@@ -45,7 +58,7 @@ class DataConfig(_Strict):
 
 
 class SamplingConfig(_Strict):
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: str = Field("hf", description=f"sampler: one of {names('sampler')}")
     n: int = Field(10, ge=1)
     temperature: float = Field(0.9, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -54,43 +67,65 @@ class SamplingConfig(_Strict):
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
 
+    check_backend = _registered("sampler", "backend")
+
 
 class AnnotatorConfig(_Strict):
-    name: Literal["implicit-reward", "lidr"] = "implicit-reward"
-    reward: Literal["cross-lingual", "multilingual", "translate-to-english"] = "cross-lingual"
+    name: str = Field("implicit-reward", description=f"one of {names('annotator')}")
+    reward: str = Field("cross-lingual", description=f"one of {names('reward')}")
     length_control: bool = True
     alpha_step: float = Field(0.001, gt=0, lt=1)
     upper_bound: Optional[float] = None
     max_batch_tokens: int = Field(4096, ge=16)
     max_new_tokens: int = Field(256, ge=1, description="LIDR answers and translations")
 
+    check_name = _registered("annotator", "name")
+    check_reward = _registered("reward", "reward")
 
-class TrainingConfig(_Strict):
-    loss: Literal["sigmoid", "ipo", "kto"] = "sigmoid"
-    beta: float = Field(0.1, gt=0)
-    nll_weight: float = Field(1.0, ge=0)
-    lora: bool = False
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    learning_rate: float = Field(5e-6, gt=0)
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(1024, ge=8)
-    precompute_ref_log_probs: bool = True  # speed settings; false for both = trl's defaults
-    completion_only_head: bool = True
+
+class TrainingConfig(TrainConfig):
+    """The training stage's settings (:class:`xlpref.training.TrainConfig`, the same fields and defaults as
+    ``xlpref train``), plus the run's own: which languages' pairs, and how the training processes start.
+
+    ``seed`` is the run's top-level one (iteration t trains with ``seed + t``), so it is not set here.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     languages: Optional[list[str]] = Field(None, description="train only on these languages' pairs (e.g. [en])")
-    report_to: list[str] = Field(default_factory=list)
-    launcher: Literal["none", "accelerate", "torchrun"] = "none"
-    num_processes: int = Field(1, ge=1)
-    deepspeed: Optional[Literal["zero2", "zero3"]] = None
+    launcher: str = Field("none", description=f"'none' (this process) or one of {list(LAUNCHERS)}")
+    deepspeed: Optional[str] = Field(None, description=f"one of {list(DEEPSPEED_STAGES)} (with launcher accelerate)")
+
+    @field_validator("launcher")
+    @classmethod
+    def _known_launcher(cls, value: str) -> str:
+        if value != "none" and value not in LAUNCHERS:
+            raise ValueError(f"unknown launcher {value!r}; expected one of {['none', *LAUNCHERS]}")
+        return value
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _known_deepspeed(cls, value: str | None) -> str | None:
+        if value is not None and value not in DEEPSPEED_STAGES:
+            raise ValueError(f"unknown DeepSpeed stage {value!r}; expected one of {list(DEEPSPEED_STAGES)}")
+        return value
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_is_the_runs(cls, value: Any) -> Any:
+        # Runs only for a value given in the YAML (defaults are not validated).
+        raise ValueError("set the run's top-level seed instead; iteration t trains with seed + t")
+
+    def for_iteration(self, seed: int) -> TrainConfig:
+        """The training stage's config for one iteration (run-only fields left out)."""
+        return TrainConfig.model_validate({**self.settings(), "seed": seed})
 
 
 class EvaluationConfig(_Strict):
     is_enabled: bool = True
-    judge: str = "local_hf_logprob"
+    judge: str = Field("local_hf_logprob", description="a folder name under benchmarks/x_alpacaeval/annotators")
     judge_options: dict[str, Any] = Field(default_factory=dict)
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: str = Field("hf", description=f"sampler: one of {names('sampler')}")
     temperature: float = Field(0.6, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(2048, ge=1)
@@ -101,6 +136,8 @@ class EvaluationConfig(_Strict):
                                         description="lm-eval tasks run on every iteration's model ('recommended' = per language set)")
     capability_include_path: Optional[Path] = Field(None, description="folder of local lm-eval task YAML")
     capability_limit: Optional[int] = Field(None, ge=1, description="documents per lm-eval task")
+
+    check_backend = _registered("sampler", "backend")
 
 
 class RunConfig(_Strict):
@@ -137,7 +174,7 @@ class RunConfig(_Strict):
 
     def resolved(self) -> dict:
         """The config as plain data (defaults filled in, paths as strings) for the manifest."""
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude={"training": {"seed"}})
 
 
 def _format_loc(loc: tuple) -> str:
@@ -235,6 +272,10 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
         value = getattr(resolved_data, name)
         if value is not None and not value.exists():
             raise InputError(f"path does not exist: {value}", path=path, field=f"data.{name}")
+    try:  # values and names (trackers are checked when the run starts, after its data)
+        config.training.validate(is_tracker_checked=False)
+    except InputError as exc:
+        raise InputError(exc.message, path=path, field=f"training.{exc.field}") from None
     if config.evaluation.is_enabled:
         _check_judge(config.evaluation, path)
     run_dir = _absolute(config.run_dir, base) or (base / "runs" / config.name)

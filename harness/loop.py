@@ -209,7 +209,7 @@ def build_preference_pairs(ctx: RunContext, t: int, policy: str, samples: list[d
 
 def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str:
     """DPO (+NLL) on all languages' pairs, the reference being pi_t itself; returns pi_{t+1}'s folder."""
-    from xlpref.training import TrainConfig, train_dpo
+    from xlpref.training import train_dpo
 
     cfg = ctx.config.training
     stage = f"iter_{t}/train"
@@ -227,13 +227,7 @@ def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str
                          path=ctx.store.path(f"iter_{t}", "pairs.jsonl"))
     ctx.console.rule(f"[bold]iteration {t}: train ({cfg.loss}, beta={cfg.beta}, {len(pairs)} pairs)")
     start = time.perf_counter()
-    config = TrainConfig(
-        loss=cfg.loss, beta=cfg.beta, nll_weight=cfg.nll_weight, lora=cfg.lora, lora_r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha, learning_rate=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum, max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-        completion_only_head=cfg.completion_only_head,
-        seed=ctx.config.seed + t, report_to=list(cfg.report_to), num_processes=cfg.num_processes,
-    )
+    config = cfg.for_iteration(seed=ctx.config.seed + t)
     if cfg.launcher == "none":
         result = train_dpo(policy, pairs, out_dir, config)
     else:  # N processes started by accelerate or torchrun; this process waits for them

@@ -190,7 +190,7 @@ def test_kto_runs_on_unpaired_examples(tmp_path):
 
 @pytest.mark.parametrize("changes, field", [
     (dict(loss="simpo"), "loss"), (dict(beta=0), "beta"), (dict(batch_size=0), "batch_size"),
-    (dict(loss="kto"), "nll_weight"), (dict(max_prompt_length=600), "max_prompt_length"),
+    (dict(loss="kto"), "nll_weight"), (dict(max_prompt_length=1024), "max_prompt_length"),
     (dict(num_processes=0), "num_processes"),
 ])
 def test_bad_config_names_the_field(changes, field):

@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, replace
 from pathlib import Path
 
 from xlpref.errors import InputError
@@ -133,7 +132,7 @@ def launch_training(model: str, pairs: list[dict] | str | Path, output_dir: str 
         InputError: bad settings or pairs, DeepSpeed not installed, ``output_dir`` holding something else.
         RuntimeError: the launcher failed, or its ranks did not form one group of ``num_processes``.
     """
-    config = replace(config, num_processes=num_processes)
+    config = config.model_copy(update={"num_processes": num_processes})
     check_launch(model, config, launcher, num_processes, deepspeed)
     config.validate()
     pairs_path = None if isinstance(pairs, list) else Path(pairs)
@@ -157,7 +156,7 @@ def launch_training(model: str, pairs: list[dict] | str | Path, output_dir: str 
             pairs_path = Path(tmp) / "pairs.jsonl"
             write_jsonl_atomic(pairs_path, records)
         config_path = Path(tmp) / "train_config.json"
-        write_json_atomic(config_path, asdict(config))
+        write_json_atomic(config_path, config.settings())
         worker_args = ["--model", model, "--pairs", str(Path(pairs_path).absolute()), "--output", str(output_dir),
                        "--config", str(config_path)]
         command = launch_command(launcher, num_processes, worker_args, config_file=accelerate_config_file)

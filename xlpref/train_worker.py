@@ -23,7 +23,6 @@ import argparse
 import os
 import socket
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from xlpref.errors import InputError
@@ -34,16 +33,23 @@ RANKS_DIR = "ranks"
 
 def read_train_config(path: str | Path):
     """A :class:`TrainConfig` from a JSON object of its fields; unknown keys are refused."""
+    from pydantic import ValidationError
+
     from xlpref.training import TrainConfig
 
     raw = read_json(path)
     if not isinstance(raw, dict):
         raise InputError(f"expected a JSON object of training settings, found {type(raw).__name__}", path=path)
-    known = {f.name for f in fields(TrainConfig)}
+    known = set(TrainConfig.model_fields)
     for key in raw:
         if key not in known:
             raise InputError(f"unknown training setting; expected some of {sorted(known)}", path=path, field=key)
-    config = TrainConfig(**raw)
+    try:
+        config = TrainConfig(**raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise InputError(f"{error['msg']} (got {error.get('input')!r})", path=path,
+                         field=".".join(str(part) for part in error["loc"])) from None
     try:
         config.validate()
     except InputError as exc:

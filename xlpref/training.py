@@ -51,9 +51,11 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from xlpref.errors import InputError
 from xlpref.jsonio import iter_jsonl, write_json_atomic
@@ -68,37 +70,48 @@ TRACKER_LOGS = "runs"
 _FORMAT_VERSION = 1
 
 
-@dataclass
-class TrainConfig:
-    """Every training setting, with its default; saved into ``xlpref_train.json``."""
+class TrainConfig(BaseModel):
+    """Every training setting, with its default; saved into ``xlpref_train.json``.
 
-    loss: str = "sigmoid"  # "sigmoid" (DPO), "ipo", "kto"
+    One class for the stage: ``xlpref train`` builds it from its flags (their defaults are these), and
+    the run config's ``training`` block is this class extended by the loop's run-only fields. Types
+    are checked on construction; values (ranges, names) by :meth:`validate`, which names the field.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    loss: str = Field("sigmoid", description=f"one of {list(LOSSES)}: sigmoid = DPO; kto needs nll_weight 0")
     beta: float = 0.1
-    nll_weight: float = 1.0  # weight of the NLL term on the chosen response (must be 0 for kto)
+    nll_weight: float = Field(1.0, description="weight of the NLL term on the chosen response (0 for kto)")
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_target_modules: list[str] | None = None  # None: every linear layer except the LM head
+    lora_target_modules: Optional[list[str]] = Field(None, description="None: every linear layer but the LM head")
     learning_rate: float = 5e-6
     epochs: float = 1.0
-    batch_size: int = 4
+    batch_size: int = Field(4, description="pairs per device and step")
     grad_accum: int = 1
-    max_length: int = 512  # prompt + response tokens; longer sequences keep their start
-    max_prompt_length: int | None = None  # instruction tokens kept (its end), template not counted
+    max_length: int = Field(1024, description="prompt + response tokens; longer sequences keep their start")
+    max_prompt_length: Optional[int] = Field(None, description="instruction tokens kept (its end), template not "
+                                                                "counted")
     # Speed settings (same values, less work; benchmarks/perf/bench_training.py measures them against trl's defaults):
-    precompute_ref_log_probs: bool = True  # the reference's log-probs once, before training, reused every epoch
-    completion_only_head: bool = True  # the LM head only at completion positions, on every device
+    precompute_ref_log_probs: bool = Field(True, description="the reference's log-probs once, before training")
+    completion_only_head: bool = Field(True, description="the LM head only at completion positions, on every device")
     seed: int = 42
-    report_to: list[str] = field(default_factory=list)
-    num_processes: int = 1  # processes of the training group (started by xlpref.distributed); must match it
-    lr_scheduler_type: str = "linear"
+    report_to: list[str] = Field(default_factory=list, description="experiment trackers (tensorboard, wandb)")
+    num_processes: int = Field(1, description="processes of the training group (xlpref.distributed); must match it")
+    lr_scheduler_type: str = Field("linear", description=f"one of {list(SCHEDULERS)}")
     warmup_ratio: float = 0.0
     gradient_checkpointing: bool = False
-    evaluate_held_in: bool = False  # after training, record trl's margins on the training pairs
+    evaluate_held_in: bool = Field(False, description="after training, record trl's margins on the training pairs")
 
-    def validate(self) -> None:
-        """Raise :class:`InputError` naming the first bad value."""
+    def validate(self, *, is_tracker_checked: bool = True) -> None:
+        """Raise :class:`InputError` naming the first bad value.
+
+        Args:
+            is_tracker_checked: also check that every ``report_to`` tracker is installed (imports transformers).
+        """
         def bad(name: str, expected: str) -> InputError:
             return InputError(f"{getattr(self, name)!r}; expected {expected}", field=name)
 
@@ -125,7 +138,7 @@ class TrainConfig:
             raise bad("lr_scheduler_type", f"one of {list(SCHEDULERS)}")
         if not 0 <= self.warmup_ratio < 1:
             raise bad("warmup_ratio", "a number in [0, 1)")
-        if self.report_to:
+        if self.report_to and is_tracker_checked:
             check_trackers(self.report_to)
 
     @property
@@ -141,7 +154,11 @@ class TrainConfig:
 
     def fingerprint_fields(self) -> dict:
         """The settings that change the trained weights (reporting and evaluation do not)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("report_to", "evaluate_held_in")}
+        return {k: v for k, v in self.settings().items() if k not in ("report_to", "evaluate_held_in")}
+
+    def settings(self) -> dict:
+        """This stage's settings as plain data (a subclass's extra fields left out)."""
+        return self.model_dump(include=set(TrainConfig.model_fields))
 
 
 def check_trackers(report_to: list[str]) -> None:
@@ -340,7 +357,7 @@ def train_dpo(model: str | tuple, pairs: list[dict], output_dir: str | Path, con
         metrics = {**output.metrics, "loss_history": history, **({"held_in": held_in} if held_in else {})}
         meta = {
             "format": _FORMAT_VERSION, "fingerprint": fingerprint,
-            "model": model if isinstance(model, str) else "in-memory", "config": asdict(config),
+            "model": model if isinstance(model, str) else "in-memory", "config": config.settings(),
             "adapters_merged": config.lora, "n_pairs": len(pairs),
             "pairs_per_language": dict(Counter(p.get("lang", "unknown") for p in pairs)),
             "first_loss": history[0]["loss"] if history else None, "steps": steps, "seconds": seconds,

@@ -21,6 +21,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from harness.commands import global_seed
+from xlpref.registry import names
+
 # The inputs each annotator reads (option names as the user types them).
 REQUIRED_INPUTS = {"lidr": ("--prompts", "--langs"), "implicit-reward": ("--samples", "--reference")}
 
@@ -41,7 +44,8 @@ def _read_samples(path: Path, reward: str) -> list[dict]:
 
 
 @click.command()
-@click.option("--annotator", "annotator_name", required=True, help="Registry name: implicit-reward or lidr.")
+@click.option("--annotator", "annotator_name", required=True,
+              help=f"The annotator, by registry name: {', '.join(names('annotator'))}.")
 @click.option("--policy", required=True, help="pi_t (lidr: answers and translates) or pi_dpo (implicit-reward).")
 @click.option("--prompts", "prompts_path", type=click.Path(path_type=Path), default=None,
               help="lidr: training prompts folder of {lang}.jsonl (or a JSONL file of lang, id, instruction).")
@@ -50,7 +54,7 @@ def _read_samples(path: Path, reward: str) -> list[dict]:
 @click.option("--samples", "samples_path", type=click.Path(path_type=Path), default=None,
               help="implicit-reward: SAMPLES.jsonl from `xlpref sample`.")
 @click.option("--reference", default=None, help="implicit-reward: pi_ref (same tokenizer as the policy).")
-@click.option("--reward", type=click.Choice(["cross-lingual", "multilingual", "translate-to-english"]),
+@click.option("--reward", type=click.Choice(names("reward")),
               default="cross-lingual", show_default=True, help="implicit-reward: the conditioning.")
 @click.option("--no-length-control", is_flag=True, help="implicit-reward: alpha = 0.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
@@ -101,7 +105,7 @@ def annotate(obj, annotator_name: str, policy: str, prompts_path: Path | None, l
                              "and its token budget", field="--batch-size")
         options |= {"reward": reward, "length_control": not no_length_control}
         inputs = {"samples": _read_samples(samples_path, reward), "reference": reference}
-    annotator = annotator_cls(None, seed=obj.seed if obj else 42, console=console, **options)
+    annotator = annotator_cls(None, seed=global_seed(obj), console=console, **options)
     store = RunStore(work_dir or output.with_name(output.stem + ".work"))
     result = annotator.annotate(policy=policy, store=store, **inputs)
     summary_path = output.with_name(output.stem + ".summary.json")

@@ -21,6 +21,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from harness.commands import global_seed
 from harness.evaluation.capabilities import FRACTION_METRICS, RECOMMENDED_LANGUAGES, SUITES
 
 
@@ -92,7 +93,7 @@ def eval_suite(obj: Any, suite: str, model_spec: str, tasks: str, langs: str, in
     if target is not None and target.model != model_spec:
         stderr.print(f"[yellow]note[/]: row {target.row_id} names model {target.model!r}, evaluating {model_spec!r}")
     report = evaluate_suite(model_spec, names, include_path=include_path, limit=limit, batch_size=batch_size,
-                            seed=obj.seed if obj else 42, device=device)
+                            seed=global_seed(obj), device=device)
     if not report["scores"]:
         raise InputError(f"lm-eval reported no score for {names}; expected tasks with a metric", field="tasks")
     Console().print(render_scores(report["scores"], title=f"{suite}: {model_spec}"))

@@ -19,7 +19,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from harness.commands import global_seed
 from xlpref.errors import InputError
+from xlpref.registry import names
 
 
 def _data_dir(data_dir: Path | None, mini: bool) -> Path:
@@ -69,7 +71,7 @@ def _judge_caption(judge: Any, agreement: dict | None) -> str:
 @click.option("--mini", is_flag=True, help="Use the bundled demo set (benchmarks/x_alpacaeval/mini).")
 @click.option("--limit", type=int, default=None, help="Only the first N instructions of each language.")
 @click.option("--generator", default=None, help="Name in the outputs' 'generator' field (default: the model's).")
-@click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
+@click.option("--backend", type=click.Choice(names("sampler")), default="hf", show_default=True)
 @click.option("--temperature", type=float, default=None, help="Default: the benchmark's 0.6.")
 @click.option("--top-p", type=float, default=None, help="Default: the benchmark's 0.9.")
 @click.option("--max-new-tokens", type=int, default=None, help="Default: the benchmark's 2048.")
@@ -87,7 +89,7 @@ def generate(obj: Any, model: str, langs: str, out_dir: Path, data_dir: Path | N
         raise InputError(f"got {limit}; expected an integer >= 1", field="--limit")
     overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p),
                                    ("max_new_tokens", max_new_tokens)) if v is not None}
-    params = evaluation_params(seed=obj.seed if obj is not None else 42, batch_size=batch_size, **overrides)
+    params = evaluation_params(seed=global_seed(obj), batch_size=batch_size, **overrides)
     folder = _data_dir(data_dir, mini) / "x_alpacaeval" / "instructions"
     instructions = {lang: rows[:limit] for lang, rows in load_instructions(folder, parse_languages(langs)).items()}
     generator = generator or Path(model).name
@@ -244,7 +246,7 @@ def judge_agreement(obj: Any, judge_name: str, judge_option: tuple[str, ...], n:
     if n < 1:
         raise InputError(f"got {n}; expected an integer >= 1", field="--n")
     judge = load_judge(judge_name, **_judge_options(judge_option))
-    seed = obj.seed if obj is not None else 42
+    seed = global_seed(obj)
     run_root = (obj.run_dir if obj is not None and obj.run_dir else Path("runs") / "judge_agreement")
     result = measure_agreement(judge, annotations_dir or default_data_dir() / "alpaca_eval_annotations", n=n,
                                models=[m.strip() for m in models.split(",") if m.strip()] if models else None,

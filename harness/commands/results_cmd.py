@@ -15,6 +15,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from harness.commands import global_seed
+
 RESULTS_DIR = Path("results")
 
 results_dir_option = click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR,
@@ -76,7 +78,7 @@ def compare(obj, row_a: str, row_b: str, results_dir: Path, langs: str | None, n
 
     a, b = resolve_row(row_a, results_dir), resolve_row(row_b, results_dir)
     frame = compare_rows(a, b, langs=parse_languages(langs) if langs else None, n_boot=n_boot,
-                         seed=obj.seed if obj else 0, confidence=confidence)
+                         seed=global_seed(obj), confidence=confidence)
     Console().print(render_comparison(frame))
 
 
@@ -101,7 +103,7 @@ def check(obj, run_row: str, baseline: str, results_dir: Path, tolerance: float,
 
     result = check_regression(resolve_row(run_row, results_dir), resolve_row(baseline, results_dir),
                               tolerance=tolerance, metric=metric, langs=parse_languages(langs) if langs else None,
-                              fail_on_significant=fail_on_significant, n_boot=n_boot, seed=obj.seed if obj else 0)
+                              fail_on_significant=fail_on_significant, n_boot=n_boot, seed=global_seed(obj))
     console = Console()
     console.print(render_check(result))
     for failure in result.failures:

@@ -20,6 +20,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from harness.commands import global_seed
+from xlpref.registry import names
+
 #: Prompts per batch when --batch-size is not given: small for transformers' padded batches, large for
 #: vLLM, whose continuous batching wants many sequences in flight.
 DEFAULT_BATCH_SIZE = {"hf": 8, "vllm": 256}
@@ -59,7 +62,7 @@ def summary_table(rows: list[dict], title: str) -> Table:
 @click.option("--langs", required=True, help="Comma-separated language codes, e.g. en,es.")
 @click.option("--n", "n", type=int, default=1, show_default=True, help="Samples per prompt.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="SAMPLES.jsonl to write.")
-@click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
+@click.option("--backend", type=click.Choice(names("sampler")), default="hf", show_default=True)
 @click.option("--temperature", type=float, default=0.9, show_default=True, help="0 means greedy.")
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--max-new-tokens", type=int, default=256, show_default=True)
@@ -83,7 +86,7 @@ def sample(obj, model: str, prompts: Path, langs: str, n: int, output: Path, bac
 
     params = SamplingParams(
         n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-        seed=seed if seed is not None else (obj.seed if obj is not None else 42),
+        seed=seed if seed is not None else global_seed(obj),
         batch_size=batch_size or DEFAULT_BATCH_SIZE[backend], repetition_penalty=repetition_penalty, stop=stop)
     requests = requests_from_prompts(prompts, parse_languages(langs), limit=limit)
     log = RecordLog(output, SAMPLE_KEY)

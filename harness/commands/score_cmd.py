@@ -18,8 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-REWARD_NAMES = ("cross-lingual", "multilingual", "translate-to-english")
-
+from xlpref.registry import names
 
 def score_table(records: list[dict]) -> Table:
     """Responses, mean reward and mean scored tokens per language."""
@@ -40,7 +39,7 @@ def score_table(records: list[dict]) -> Table:
 @click.argument("samples_path", metavar="SAMPLES.jsonl", type=click.Path(path_type=Path))
 @click.option("--policy", required=True, help="pi_dpo: model spec, folder or hub id.")
 @click.option("--reference", required=True, help="pi_ref: model spec, folder or hub id (same tokenizer).")
-@click.option("--reward", type=click.Choice(REWARD_NAMES), default="cross-lingual", show_default=True,
+@click.option("--reward", type=click.Choice(names("reward")), default="cross-lingual", show_default=True,
               help="What a response is conditioned on.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="SCORED.jsonl to write.")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=4096, show_default=True,

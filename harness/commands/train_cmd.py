@@ -22,8 +22,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from harness.commands import global_seed
+from xlpref.distributed import DEEPSPEED_STAGES, LAUNCHERS
 from xlpref.errors import InputError
 from xlpref.training import LOSSES, TrainConfig, TrainResult
+
+
+def default(name: str):
+    """TrainConfig's default for ``name``: the flags and the run config's ``training`` block share them."""
+    return TrainConfig.model_fields[name].get_default(call_default_factory=True)
 
 
 def render_result(result: TrainResult, n_pairs: int) -> Table:
@@ -47,31 +54,35 @@ def render_result(result: TrainResult, n_pairs: int) -> Table:
               help="PAIRS.jsonl: one {prompt, chosen, rejected[, lang, ...]} object a line.")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder (written as OUT.tmp, renamed when complete).")
-@click.option("--loss", type=click.Choice(LOSSES), default=TrainConfig.loss, show_default=True,
+@click.option("--loss", type=click.Choice(LOSSES), default=default("loss"), show_default=True,
               help="sigmoid = DPO; kto needs --nll-weight 0.")
-@click.option("--beta", type=float, default=TrainConfig.beta, show_default=True)
-@click.option("--nll-weight", type=float, default=TrainConfig.nll_weight, show_default=True,
+@click.option("--beta", type=float, default=default("beta"), show_default=True)
+@click.option("--nll-weight", type=float, default=default("nll_weight"), show_default=True,
               help="Weight of the NLL term on the chosen response.")
-@click.option("--lora", is_flag=True, help="Train a LoRA adapter (merged into the saved model).")
-@click.option("--lora-r", type=int, default=TrainConfig.lora_r, show_default=True)
-@click.option("--lora-alpha", type=int, default=TrainConfig.lora_alpha, show_default=True)
-@click.option("--lr", "learning_rate", type=float, default=TrainConfig.learning_rate, show_default=True)
-@click.option("--epochs", type=float, default=TrainConfig.epochs, show_default=True)
-@click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
-@click.option("--grad-accum", type=int, default=TrainConfig.grad_accum, show_default=True)
-@click.option("--max-length", type=int, default=TrainConfig.max_length, show_default=True)
-@click.option("--max-prompt-length", type=int, default=None, help="Keep the last N tokens of each instruction.")
-@click.option("--precompute-ref-log-probs/--no-precompute-ref-log-probs", default=True, show_default=True,
+@click.option("--lora", is_flag=True, default=default("lora"),
+              help="Train a LoRA adapter (merged into the saved model).")
+@click.option("--lora-r", type=int, default=default("lora_r"), show_default=True)
+@click.option("--lora-alpha", type=int, default=default("lora_alpha"), show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=default("learning_rate"), show_default=True)
+@click.option("--epochs", type=float, default=default("epochs"), show_default=True)
+@click.option("--batch-size", type=int, default=default("batch_size"), show_default=True)
+@click.option("--grad-accum", type=int, default=default("grad_accum"), show_default=True)
+@click.option("--max-length", type=int, default=default("max_length"), show_default=True)
+@click.option("--max-prompt-length", type=int, default=default("max_prompt_length"),
+              help="Keep the last N tokens of each instruction.")
+@click.option("--precompute-ref-log-probs/--no-precompute-ref-log-probs", default=default("precompute_ref_log_probs"),
+              show_default=True,
               help="Compute the reference's log-probs once before training (no reference pass per step).")
-@click.option("--completion-only-head/--no-completion-only-head", default=True, show_default=True,
+@click.option("--completion-only-head/--no-completion-only-head", default=default("completion_only_head"),
+              show_default=True,
               help="Run the LM head only at completion positions (trl does on CUDA; on CPU only with this).")
 @click.option("--seed", type=int, default=None, help="Training seed (default: the global --seed).")
 @click.option("--report-to", multiple=True, help="Experiment trackers (tensorboard, wandb); none by default.")
-@click.option("--launcher", type=click.Choice(("none", "accelerate", "torchrun")), default="none", show_default=True,
+@click.option("--launcher", type=click.Choice(("none", *LAUNCHERS)), default="none", show_default=True,
               help="Start --num-processes training processes (none: train in this process).")
-@click.option("--num-processes", type=int, default=1, show_default=True,
+@click.option("--num-processes", type=int, default=default("num_processes"), show_default=True,
               help="Training processes (one per GPU); --batch-size is per process.")
-@click.option("--deepspeed", type=click.Choice(("zero2", "zero3")), default=None,
+@click.option("--deepspeed", type=click.Choice(DEEPSPEED_STAGES), default=None,
               help="DeepSpeed ZeRO stage (with --launcher accelerate; needs the deepspeed package and GPUs).")
 @click.option("--accelerate-config", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Your own accelerate config (default: configs/accelerate/ for this machine).")
@@ -90,7 +101,7 @@ def train(obj, model_spec: str, pairs_path: Path, output_dir: Path, loss: str, b
         learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, max_prompt_length=max_prompt_length,
         precompute_ref_log_probs=precompute_ref_log_probs, completion_only_head=completion_only_head,
-        seed=seed if seed is not None else (obj.seed if obj else 42), report_to=list(report_to),
+        seed=seed if seed is not None else global_seed(obj), report_to=list(report_to),
         num_processes=num_processes,
     )
     config.validate()  # before loading pairs or models: bad flags fail fast
