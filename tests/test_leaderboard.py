@@ -99,7 +99,6 @@ def test_csv_is_deterministic(results, tmp_path):
 
 
 def test_compare_marks_significant_deltas(results):
-    pytest.importorskip("harness.metrics.winrate", reason="harness.metrics.winrate (paired bootstrap) not available")
     weak, strong, same = [0.2, 0.3] * 30, [0.7, 0.8] * 30, [0.1, 0.9] * 30
     add_row(results, "base", {"en": (25.0, 24.0), "es": (50.0, 48.0)}, annotations={"en": weak, "es": same})
     add_row(results, "better", {"en": (75.0, 70.0), "es": (50.0, 47.0)}, annotations={"en": strong, "es": same})
@@ -192,7 +191,7 @@ def test_plot_writes_one_png_per_run_metric_and_judge(results, tmp_path):
 
 
 def test_rows_from_computed_metrics_reach_the_leaderboard(tmp_path):
-    metrics_module = pytest.importorskip("harness.metrics.winrate", reason="harness.metrics.winrate not available")
+    from harness.metrics import winrate as metrics_module
     from harness.results.rows import write_row
 
     preferences = [0.0, 1.0, 0.5, 1.0, 0.0, 0.0, 1.0, 0.25] * 5

@@ -16,9 +16,11 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.metrics.winrate import (WINRATE_COLUMNS, compute_metrics, fit_instruction_difficulty, length_controlled_winrate,
-                             load_annotations, load_instruction_difficulty, paired_bootstrap, paired_bootstrap_average,
-                             preferences_by_id, winrate_metrics)
+from harness.metrics.annotations import load_annotations, preferences_by_id
+from harness.metrics.bootstrap import paired_bootstrap, paired_bootstrap_average
+from harness.metrics.difficulty import fit_instruction_difficulty, load_instruction_difficulty
+from harness.metrics.length_controlled import length_controlled_winrate
+from harness.metrics.winrate import WINRATE_COLUMNS, compute_metrics, winrate_metrics
 from xlpref.data import default_data_dir
 from xlpref.errors import InputError
 

@@ -25,8 +25,9 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from harness.metrics.winrate import (assign_ids_by_instruction, compute_metrics, fit_instruction_difficulty, load_annotations,
-                             load_instruction_difficulty)
+from harness.metrics.annotations import assign_ids_by_instruction, load_annotations
+from harness.metrics.difficulty import fit_instruction_difficulty, load_instruction_difficulty
+from harness.metrics.winrate import compute_metrics
 from xlpref.data import default_data_dir
 from xlpref.jsonio import read_json, write_json_atomic
 

@@ -40,7 +40,7 @@ def _instruction_list(path: Path | None) -> list[dict] | None:
 
 
 def _load(path: Path, instructions: list[dict] | None):
-    from harness.metrics.winrate import assign_ids_by_instruction, load_annotations
+    from harness.metrics.annotations import assign_ids_by_instruction, load_annotations
 
     frame = load_annotations(path)
     return assign_ids_by_instruction(frame, instructions, path=path) if instructions is not None else frame
@@ -92,7 +92,8 @@ def metrics(annotations: Path, difficulty_csv: Path | None, gamed_paths: tuple[P
     """Win rate and length-controlled win rate of one annotations file (AlpacaEval format)."""
     import pandas as pd
 
-    from harness.metrics.winrate import compute_metrics, load_instruction_difficulty
+    from harness.metrics.difficulty import load_instruction_difficulty
+    from harness.metrics.winrate import compute_metrics
 
     instructions = _instruction_list(instructions_path)
     frame = _load(annotations, instructions)
@@ -125,7 +126,7 @@ def difficulty(annotations_dir: Path, output: Path, instructions_path: Path | No
     """Fit instruction difficulty jointly over a folder of models' annotation files (*.json, *.jsonl)."""
     import alpaca_eval
 
-    from harness.metrics.winrate import fit_instruction_difficulty, write_instruction_difficulty
+    from harness.metrics.difficulty import fit_instruction_difficulty, write_instruction_difficulty
 
     if not annotations_dir.is_dir():
         raise InputError("not a folder; expected a folder of annotation files", path=annotations_dir)

@@ -238,8 +238,9 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
             for the length-controlled win rate; None fits it without.
         cache_path: the judge cache (default ``out_dir/judge_cache.jsonl``).
     """
+    from harness.metrics.difficulty import load_instruction_difficulty
     from harness.metrics.length_controlled import N_SPLITS
-    from harness.metrics.winrate import compute_metrics, load_instruction_difficulty, winrate_metrics
+    from harness.metrics.winrate import compute_metrics, winrate_metrics
 
     out_dir = Path(out_dir)
     if isinstance(model_outputs, (str, Path)):

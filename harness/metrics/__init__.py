@@ -1,1 +1,1 @@
-"""Metrics: win rate, length-controlled win rate, paired bootstrap, instruction difficulty."""
+"""Metrics: annotations read, win rate, length-controlled win rate, instruction difficulty, paired bootstrap."""

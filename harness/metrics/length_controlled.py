@@ -22,7 +22,8 @@ given; without them there is no regularisation (``length_controlled_noreg``), an
 Example::
 
     from xlpref.jsonio import read_json
-    from harness.metrics.length_controlled import length_controlled_winrate, load_instruction_difficulty
+    from harness.metrics.difficulty import load_instruction_difficulty
+    from harness.metrics.length_controlled import length_controlled_winrate
     difficulty = load_instruction_difficulty("../shared/data/alpaca_eval_lc/instruction_difficulty.csv")
     print(length_controlled_winrate(read_json("annotations.json"), instruction_difficulty=difficulty))
 """
@@ -33,15 +34,14 @@ import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from harness.metrics.annotations import Annotations, annotations_frame, instruction_index
 from xlpref.errors import InputError
-from xlpref.jsonio import read_json, read_jsonl, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,178 +49,10 @@ log = logging.getLogger(__name__)
 GAMED_BASELINE_LAMBDA = 0.2
 #: Cross-validation folds of alpaca-eval's fit; fewer annotations than this cannot be fitted.
 N_SPLITS = 5
-DIFFICULTY_LABELS = ("official-csv", "fitted", "none")
-
-Annotations = Sequence[Mapping[str, Any]] | pd.DataFrame
-
-
-# -- annotations ------------------------------------------------------------------------------
-
-def annotations_frame(annotations: Annotations, *, path: str | Path | None = None,
-                      require_outputs: bool = True) -> pd.DataFrame:
-    """Validate AlpacaEval annotations (``preference`` in [1, 2], 2 = output_2 wins) into a DataFrame.
-
-    Raises:
-        InputError: not a list of objects, a missing field, a preference that is not a finite number in
-            [1, 2], an output that is not a string, a bad or duplicate ``id``; names the record.
-    """
-    if isinstance(annotations, pd.DataFrame):
-        records = annotations.to_dict("records")
-    elif isinstance(annotations, (list, tuple)):
-        records = list(annotations)
-    else:
-        raise InputError(f"expected a JSON list of annotation records, found {type(annotations).__name__}",
-                         path=path)
-    if not records:
-        raise InputError("no annotations; expected at least one record", path=path)
-    fields = ("preference", "output_1", "output_2") if require_outputs else ("preference",)
-    has_id = any(isinstance(r, Mapping) and r.get("id") is not None for r in records)
-    seen_ids: dict[int, int] = {}
-    for number, record in enumerate(records):
-        if not isinstance(record, Mapping):
-            raise InputError(f"expected an object, found {type(record).__name__}", path=path, record=number)
-        for name in fields:
-            if name not in record:
-                raise InputError("missing field; expected it in every annotation", path=path, record=number,
-                                 field=name)
-        value = record["preference"]
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value) \
-                or not 1 <= value <= 2:
-            raise InputError(f"expected a number in [1, 2] (2 = output_2 wins), found {value!r}", path=path,
-                             record=number, field="preference")
-        for name in ("output_1", "output_2"):
-            if name in record and not isinstance(record[name], str):
-                raise InputError(f"expected a string, found {type(record[name]).__name__}", path=path,
-                                 record=number, field=name)
-        if has_id:
-            raw_id = record.get("id")
-            if isinstance(raw_id, bool) or not isinstance(raw_id, (int, np.integer)) or raw_id < 1:
-                raise InputError(f"expected a positive integer id in every record, found {raw_id!r}", path=path,
-                                 record=number, field="id")
-            if int(raw_id) in seen_ids:
-                raise InputError(f"duplicate id {raw_id} (first at record {seen_ids[int(raw_id)]})", path=path,
-                                 record=number, field="id")
-            seen_ids[int(raw_id)] = number
-    frame = pd.DataFrame.from_records(records)
-    frame["preference"] = frame["preference"].astype(float)
-    return frame
-
-
-def load_annotations(path: str | Path) -> pd.DataFrame:
-    """Read and validate an AlpacaEval ``annotations.json`` (a JSON list; ``.jsonl`` also read)."""
-    path = Path(path)
-    data = read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
-    return annotations_frame(data, path=path)
-
-
-def instruction_index(frame: pd.DataFrame) -> np.ndarray:
-    """Row -> position in the instruction order: ``id - 1`` with ids, else the record's position."""
-    if "id" in frame.columns:
-        return frame["id"].astype(int).to_numpy() - 1
-    return np.arange(len(frame))
-
-
-def assign_ids_by_instruction(frame: pd.DataFrame, instructions: Sequence[Mapping[str, Any]], *,
-                              path: str | Path | None = None) -> pd.DataFrame:
-    """Give records without ``id`` the id of their instruction text in ``instructions`` ({id, instruction})."""
-    if "id" in frame.columns:
-        return frame
-    by_text = {item["instruction"]: item["id"] for item in instructions}
-    ids = frame["instruction"].map(by_text) if "instruction" in frame.columns else None
-    if ids is None or ids.isna().any():
-        number = 0 if ids is None else int(np.flatnonzero(ids.isna().to_numpy())[0])
-        raise InputError("instruction not found in the instruction list; expected one of its texts", path=path,
-                         record=number, field="instruction")
-    return frame.assign(id=ids.astype(int))
-
-
-# -- instruction difficulty ---------------------------------------------------------------------
-
-def load_instruction_difficulty(csv_path: str | Path) -> pd.Series:
-    """Read ``index,instruction_difficulty`` (index = position in the instruction order).
-
-    Labelled ``"fitted"`` when ``xlpref difficulty`` wrote it (its ``.provenance.json`` lies beside
-    it), else ``"official-csv"`` (the table AlpacaEval's ``length_controlled_v1`` uses).
-
-    Raises:
-        InputError: missing file, other columns, a non-integer or duplicate index, a non-finite value.
-    """
-    path = Path(csv_path)
-    if not path.is_file():
-        raise InputError("file not found; expected a CSV with columns index,instruction_difficulty", path=path)
-    try:
-        table = pd.read_csv(path)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"not a readable CSV ({exc})", path=path) from exc
-    if list(table.columns) != ["index", "instruction_difficulty"]:
-        raise InputError(f"expected columns index,instruction_difficulty, found {','.join(map(str, table.columns))}",
-                         path=path)
-    index = pd.to_numeric(table["index"], errors="coerce")
-    values = pd.to_numeric(table["instruction_difficulty"], errors="coerce")
-    for name, column in (("index", index), ("instruction_difficulty", values)):
-        bad = ~np.isfinite(column.to_numpy(dtype=float))
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise InputError(f"expected a finite number, found {table[name].iloc[row]!r}", path=path,
-                             line=row + 2, field=name)
-    if (index % 1 != 0).any() or (index < 0).any() or index.duplicated().any():
-        raise InputError("expected unique non-negative integer indices", path=path, field="index")
-    difficulty = pd.Series(values.to_numpy(dtype=float), index=pd.Index(index.astype(int), name="index"),
-                           name="instruction_difficulty").sort_index()
-    difficulty.attrs["lc_difficulty"] = "fitted" if _provenance_path(path).is_file() else "official-csv"
-    return difficulty
-
-
-def write_instruction_difficulty(difficulty: pd.Series, csv_path: str | Path, provenance: Mapping[str, Any]) -> None:
-    """Write ``index,instruction_difficulty`` and a ``.provenance.json`` beside it (marks it fitted)."""
-    path = Path(csv_path)
-    table = difficulty.rename("instruction_difficulty").rename_axis("index").to_frame()
-    write_text_atomic(path, table.to_csv(float_format="%.17g"))
-    write_json_atomic(_provenance_path(path), {"lc_difficulty": "fitted", **provenance})
-
-
-def _provenance_path(csv_path: Path) -> Path:
-    return csv_path.with_name(csv_path.name + ".provenance.json")
-
-
-def fit_instruction_difficulty(annotations_by_model: Mapping[str, Annotations], *,
-                               n_splits: int = N_SPLITS) -> pd.Series:
-    """Fit a per-instruction effect jointly over several models' annotations, as AlpacaEval derived its table.
-
-    The joint GLM of alpaca-eval's ``notebooks/instruction_difficulty.ipynb``: every model has its own
-    bias and its own slope on ``tanh(std_delta_len)`` (std over that model's annotations), every
-    instruction an effect ``C(index)``; fitted with alpaca-eval's ``fit_LogisticRegressionCV`` (L1,
-    5-fold CV over the penalty, soft labels). The instruction effects are the difficulty; the first
-    instruction is the reference level (0), as in AlpacaEval's table. Differences from the notebook:
-    no gamed-baseline term (no gamed annotations here) and no 1e-4 random jitter on lengths.
-
-    Raises:
-        InputError: fewer than two models, or a model's annotations are invalid.
-    """
-    from alpaca_eval.metrics.glm_winrate import fit_LogisticRegressionCV, make_dmatrix_for_model
-
-    if len(annotations_by_model) < 2:
-        raise InputError(f"need annotations of at least two models, found {len(annotations_by_model)}")
-    parts = []
-    for model, records in annotations_by_model.items():
-        frame = annotations_frame(records, path=model)
-        parts.append(_featurize(frame, None).assign(model=str(model), index=instruction_index(frame)))
-    data = pd.concat(parts, ignore_index=True)
-    formula = "C(model):np.tanh(std_delta_len) + C(model) + C(index) - 1"
-    train, _ = make_dmatrix_for_model(data, data.head(1), formula=formula)
-    with _quiet_sklearn():
-        fitted = fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True, n_splits=n_splits)
-    weights = pd.Series(fitted.coef_[0], index=fitted.feature_names_in_)
-    effects = {int(name.split("[T.")[-1].rstrip("]")): w for name, w in weights.items() if name.startswith("C(index)")}
-    difficulty = pd.Series({i: effects.get(i, 0.0) for i in sorted(data["index"].unique())}, dtype=float,
-                           name="instruction_difficulty")
-    difficulty.index.name = "index"
-    difficulty.attrs.update(lc_difficulty="fitted", formula=formula, glm_C=float(fitted.C_[0]))
-    return difficulty
 
 
 @contextlib.contextmanager
-def _quiet_sklearn() -> Iterator[None]:
+def quiet_sklearn() -> Iterator[None]:
     """Silence scikit-learn's FutureWarnings about alpaca-eval's (still valid) LogisticRegressionCV arguments."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -229,7 +61,7 @@ def _quiet_sklearn() -> Iterator[None]:
 
 # -- the GLM ------------------------------------------------------------------------------------
 
-def _featurize(frame: pd.DataFrame, difficulty: pd.Series | None) -> pd.DataFrame:
+def glm_features(frame: pd.DataFrame, difficulty: pd.Series | None) -> pd.DataFrame:
     """alpaca-eval's ``_get_featurized_data`` step 2, from a validated frame of one model."""
     delta_len = frame["output_1"].str.len() - frame["output_2"].str.len()
     std = delta_len.std()
@@ -253,7 +85,7 @@ def _featurize(frame: pd.DataFrame, difficulty: pd.Series | None) -> pd.DataFram
 def _gamed_features(gamed: Annotations, difficulty: pd.Series | None) -> list[pd.DataFrame]:
     frame = annotations_frame(gamed, path="gamed annotations")
     groups = frame.groupby("generator_2", sort=False) if "generator_2" in frame.columns else [("gamed", frame)]
-    return [_featurize(part.reset_index(drop=True), difficulty).assign(not_gamed_baseline=False)
+    return [glm_features(part.reset_index(drop=True), difficulty).assign(not_gamed_baseline=False)
             for _, part in groups]
 
 
@@ -299,7 +131,7 @@ def length_controlled_winrate(annotations: Annotations, *, instruction_difficult
         predicted = np.full(len(frame), 0.5)
         result["lc_glm_weights"] = {}
     else:
-        model_rows = _featurize(frame, instruction_difficulty)
+        model_rows = glm_features(frame, instruction_difficulty)
         test = model_rows.drop(columns="preference").assign(std_delta_len=0.0)
         if gamed_annotations is None:
             train_rows, sample_weight = model_rows, None
@@ -311,7 +143,7 @@ def length_controlled_winrate(annotations: Annotations, *, instruction_difficult
             sample_weight = pd.Series(np.where(train_rows["not_gamed_baseline"], 1.0, per_gamed),
                                       index=train_rows.index)
         train, test_matrix = make_dmatrix_for_model(train_rows, test, formula=formula)
-        with _quiet_sklearn():
+        with quiet_sklearn():
             fitted = fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True,
                                               sample_weight=sample_weight, n_splits=n_splits)
         predicted = fitted.predict_proba(test_matrix)[:, 1]

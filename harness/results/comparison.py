@@ -58,7 +58,7 @@ def _shared_languages(a: Row, b: Row, langs: Sequence[str] | None) -> list[str]:
 
 def _preferences(row: Row, langs: Sequence[str]) -> dict[str, dict] | None:
     """{lang: {instruction id: preference for the model}}, or None when any language lacks annotations."""
-    from harness.metrics.winrate import preferences_by_id
+    from harness.metrics.annotations import preferences_by_id
 
     found = {}
     for lang in langs:
@@ -78,7 +78,7 @@ def compare_rows(row_a: Row, row_b: Row, *, langs: Sequence[str] | None = None, 
         delta_lc; the last line has lang "avg" (mean over the languages). Deltas in percentage points;
         without annotations on both sides the interval columns are empty and is_significant is <NA>.
     """
-    from harness.metrics.winrate import paired_bootstrap_average
+    from harness.metrics.bootstrap import paired_bootstrap_average
 
     check_same_judge(row_a, row_b, "compare")
     langs = _shared_languages(row_a, row_b, langs)
