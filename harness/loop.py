@@ -10,7 +10,7 @@ Run layout::
     RUN/iter_{t}/samples.jsonl, scored.jsonl, pairs.jsonl, pairs.summary.json, model/
     RUN/eval/iter_{t}/{lang}/model_outputs.json, annotations.json, metrics.json
     RUN/results/<run>-iter{t}/...          (the run's rows in the results layout)
-    RUN/leaderboard.csv, timings.json
+    RUN/leaderboard.csv
 
 Example::
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ class RunContext:
     prompts: dict[str, list[TrainPrompt]]
     instructions: dict[str, list[Instruction]]
     references: dict[str, list[dict]]
-    timings: dict[str, dict] = field(default_factory=dict)
 
     def stage_done(self, name: str, seconds: float, **summary: Any) -> None:
         self.store.mark_done(name, {"seconds": round(seconds, 2), **summary})
@@ -133,10 +132,9 @@ def _record_results(ctx: RunContext, t: int, policy: str, eval_dir: Path, judge:
         row_dirs.append(record_run_iteration(ctx.config.evaluation.results_dir, ctx.config.name, t, per_lang, meta))
     cfg = ctx.config.evaluation
     if cfg.capability_tasks:
-        from harness.evaluation.capabilities import RECOMMENDED, record_capabilities, recommended_tasks, run_capability_suite
+        from harness.evaluation.capabilities import expand_tasks, record_capabilities, run_capability_suite
 
-        tasks = [task for name in cfg.capability_tasks
-                 for task in (recommended_tasks(ctx.config.languages) if name == RECOMMENDED else [name])]
+        tasks = expand_tasks(cfg.capability_tasks, ctx.config.languages)
         scores = run_capability_suite(policy, tasks, include_path=cfg.capability_include_path,
                                       limit=cfg.capability_limit, seed=ctx.config.seed)
         for row_dir in row_dirs:

@@ -46,3 +46,26 @@ class FolderRecordStore:
 def record_store(tmp_path) -> FolderRecordStore:
     """Record logs under ``tmp_path / "run"``, laid out as in a run directory."""
     return FolderRecordStore(tmp_path / "run")
+
+
+#: The API key the judge tests put in ``$OPENAI_API_KEY``; they check it is never written anywhere.
+TEST_API_KEY = "sk-test-NEVER-WRITTEN-4f1c"
+
+
+@pytest.fixture
+def api_key(monkeypatch) -> str:
+    """``$OPENAI_API_KEY`` set to :data:`TEST_API_KEY` for the test; returns it."""
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
+    return TEST_API_KEY
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: tiny models gain nothing from threads, and on a busy 2-core
+    machine two threads wait on each other (10-20x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

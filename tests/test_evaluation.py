@@ -11,16 +11,14 @@ import random
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 from fake_openai_server import FakeOpenAIServer
 
-from harness.cli import main
 from harness.evaluation.judging import annotate, evaluate_outputs
 from harness.judges.loading import load_judge
 from harness.evaluation.model_outputs import generate_outputs, load_model_outputs
 from xlpref.data import MINI_DIR, default_data_dir, load_instructions, load_reference_outputs
 from xlpref.errors import InputError
-
-SECRET = "sk-test-NEVER-WRITTEN-77aa"
 
 
 def is_switched(instruction: str, seed: int = 0) -> bool:
@@ -41,11 +39,6 @@ def marked_outputs(instructions, refs) -> tuple[list[dict], list[dict]]:
               "generator": "marked-model", "dataset": i.dataset, "id": i.id} for i in instructions]
     refs = [{**r, "output": f"{'BAD' if r['id'] % 2 == 0 else 'GOOD'} reference {r['id']}"} for r in refs]
     return model, refs
-
-
-@pytest.fixture
-def api_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
 
 
 def test_annotations_switch_order_map_back_and_cache(tmp_path, api_key):
@@ -78,7 +71,7 @@ def test_annotations_switch_order_map_back_and_cache(tmp_path, api_key):
     # The API key was sent (see test_judges) but is nowhere in what the run wrote.
     for path in tmp_path.rglob("*"):
         if path.is_file():
-            assert SECRET not in path.read_text(errors="replace"), path
+            assert api_key not in path.read_text(errors="replace"), path
 
 
 def test_server_death_keeps_finished_answers_and_rerun_resumes(tmp_path, api_key):
@@ -138,14 +131,6 @@ def test_generate_outputs_tiny_model_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr("xlpref.sampling.make_sampler", no_model)
     assert generate_outputs("in-memory", instructions, tmp_path, generator="tiny", params=params,
                             progress=False)["zh"].read_text() == before
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def test_evaluate_command_bring_your_own_outputs(tmp_path, api_key, capsys):

@@ -17,26 +17,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 from fake_openai_server import FAULT_KINDS, FakeOpenAIServer
 
-from harness.cli import main
 from harness.evaluation.judging import evaluate_outputs
 from harness.judges.loading import load_judge, load_judge_config
 from xlpref.data import MINI_DIR, load_instructions, load_reference_outputs
 
 JUDGE = "weighted_gpt4_turbo_multilingual"
-SECRET = "sk-test-judge-faults-5be1"
 N_ITEMS = 20
 FAULT_RATE = 0.3
 TIMEOUT_S = 1.0
 HANG_S = 4.0  # a "timeout" request gets no answer for this long; the client must give up sooner
 RETRY_AFTER_S = 1.0
 FAST_RETRIES = {"timeout_s": TIMEOUT_S, "retry_backoff_s": 0.05}
-
-
-@pytest.fixture
-def api_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
 
 
 def marked_pairs() -> tuple[list[dict], list[dict]]:
@@ -124,14 +118,6 @@ def write_user_files(root: Path) -> tuple[Path, Path]:
     return data_dir, outputs
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 def test_server_gone_for_good_then_rerun_resumes(tmp_path, api_key, capsys):
     data_dir, outputs = write_user_files(tmp_path)
     results = tmp_path / "judged"
@@ -156,7 +142,7 @@ def test_server_gone_for_good_then_rerun_resumes(tmp_path, api_key, capsys):
                   f"of the {N_ITEMS} answers this evaluation asked for, {answered} are kept in {cache}",
                   "rerun the same command to resume"):
         assert words in err, err
-    assert SECRET not in err
+    assert api_key not in err
     # Every answer the server gave is kept, none twice; nothing else was written.
     kept = read_lines(cache)
     assert len(kept) == len({r["key"] for r in kept}) == answered >= 7

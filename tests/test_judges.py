@@ -19,15 +19,8 @@ from harness.judges.loading import load_judge, load_judge_config
 from xlpref.data import default_data_dir
 from xlpref.errors import InputError
 
-SECRET = "sk-test-NEVER-WRITTEN-4f1c"
 ADDED_SENTENCE = ("A good output is written in the language of the instruction, unless the instruction explicitly "
                   "asks for a different language.")
-
-
-@pytest.fixture
-def api_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    return SECRET
 
 
 def api_judge(server: FakeOpenAIServer, **overrides):
@@ -55,7 +48,7 @@ def test_round_trip_known_logprobs(api_key):
         request = server.requests[0]
     body = request["body"]
     assert request["path"] == "/v1/chat/completions"
-    assert {k.lower(): v for k, v in request["headers"].items()}["authorization"] == f"Bearer {SECRET}"
+    assert {k.lower(): v for k, v in request["headers"].items()}["authorization"] == f"Bearer {api_key}"
     assert (body["model"], body["max_tokens"], body["logprobs"], body["top_logprobs"]) == \
         ("gpt-4-1106-preview", 1, True, 5)
     system, user = body["messages"]
@@ -76,15 +69,16 @@ def test_retries_then_answers(api_key):
 
 
 def test_missing_key_and_refused_key(monkeypatch):
+    secret = "sk-test-refused-4f1c"
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with FakeOpenAIServer() as server:
         with pytest.raises(InputError, match="OPENAI_API_KEY is not set"):
             api_judge(server).preferences([JudgeItem("q", "a", "b")])
-        monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+        monkeypatch.setenv("OPENAI_API_KEY", secret)
         server.faults.append("401")  # the server's error message repeats the key; ours must not
         with pytest.raises(InputError) as caught:
             api_judge(server).preferences([JudgeItem("q", "a", "b")])
-    assert "OPENAI_API_KEY" in str(caught.value) and SECRET not in str(caught.value)
+    assert "OPENAI_API_KEY" in str(caught.value) and secret not in str(caught.value)
 
 
 def test_judge_config_errors(tmp_path):

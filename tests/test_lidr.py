@@ -37,15 +37,7 @@ DROPS = ("dropped_empty_answer", "dropped_empty_translation", "dropped_identical
          "dropped_duplicate")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine two threads wait on each other (20x)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def assert_counts_add_up(summary: dict) -> None:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from vllm_helpers import tiny_llama_for_vllm
 
 from xlpref.jsonio import read_jsonl
 from xlpref.sampling import RECORD_FIELDS, SamplingParams, make_sampler
@@ -46,23 +47,7 @@ if __name__ == "__main__":  # the engine spawns processes that import this file 
 
 
 def save_tiny_model_for_vllm(folder: Path) -> None:
-    """A tiny random Llama with head size 32: vLLM's CPU attention supports 32..512, not the tiny spec's 8."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from xlpref.models import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():  # larger weights than the default init, so greedy output depends on the prompt
-        for name, param in model.named_parameters():
-            if param.dim() > 1:
-                param.normal_(0, 0.5 if "embed" in name else 0.2)
+    model, tokenizer = tiny_llama_for_vllm(max_position_embeddings=512, tie_word_embeddings=True, embedding_std=0.5)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 

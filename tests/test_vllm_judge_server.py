@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from vllm_helpers import tiny_llama_for_vllm
 
 from harness.evaluation.judging import evaluate_outputs
 from harness.judges.base import JudgeItem, format_messages
@@ -44,21 +45,10 @@ N_ITEMS = 6
 def save_judge_model(folder: Path) -> None:
     """A tiny Llama whose first answer token is always ``m`` or ``M`` (see the module docstring)."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from xlpref.models import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=4096,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model, tokenizer = tiny_llama_for_vllm(max_position_embeddings=4096, tie_word_embeddings=False, embedding_std=1.0)
+    config = model.config
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() > 1:
-                param.normal_(0, 1.0 if "embed" in name else 0.2)
         # Hidden unit 0 is a constant 16 in every embedding, and no layer writes to it, so it stays
         # positive after the final norm; the output layer reads it as -8 for every token except m
         # and M, whose logits are +-(h . w) with w orthogonal to unit 0.

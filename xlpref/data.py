@@ -278,13 +278,6 @@ def load_train_prompts(folder: str | Path, langs: Iterable[str] | None = None,
     return aligned
 
 
-def load_english_prompts_for(folder: str | Path, ids: Iterable[str]) -> dict[str, str]:
-    """English instruction text per ``instruction_id`` (for cross-lingual conditioning)."""
-    prompts = load_train_prompt_file(_lang_file(Path(folder), "en", ".jsonl"), "en")
-    index = {p.instruction_id: p.instruction for p in prompts}
-    return {i: index[i] for i in ids if i in index}
-
-
 # -- preference pairs (the demo's English DPO data) ------------------------------------------------
 
 def load_preference_pairs(path: str | Path) -> list[PreferencePair]:

@@ -54,7 +54,8 @@ def _runs(rows: Sequence[Row], run: str | None) -> dict[tuple[str, tuple[str, st
     return dict(sorted(grouped.items()))
 
 
-def _slug(text: str) -> str:
+def _file_name_part(text: str) -> str:
+    """``text`` (a judge's name) in a file name: case, digits, '.', '_' and '-' kept, other runs -> '-'."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
@@ -77,7 +78,7 @@ def plot_by_iteration(rows: Sequence[Row], out_dir: str | Path, *, run: str | No
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for (run_name, (annotator, reference)), run_rows in grouped.items():
-        stem = run_name + (f".{_slug(annotator)}" if judges_per_run[run_name] > 1 else "")
+        stem = run_name + (f".{_file_name_part(annotator)}" if judges_per_run[run_name] > 1 else "")
         for metric in ("wr", "lc"):
             series = iteration_series(run_rows, metric)
             if not series:

@@ -54,7 +54,8 @@ REWARD_NAMES = {"cross_lingual": "cross-lingual R_c", "multilingual": "multiling
                 "translate_to_english": "translate-to-English R_t"}
 
 
-def _slug(text: str) -> str:
+def _row_id_part(text: str) -> str:
+    """``text`` (a paper's table label) in a row id: lowercase letters and digits, other runs -> '-'."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
@@ -83,7 +84,7 @@ def published_rows(paper: dict, paper_path: str | Path = "paper json") -> list[t
         out.append((meta, per_lang))
 
     for label, by_lang in paper["table2"].items():
-        row_id, model, run, iteration = TABLE2_ROWS.get(label, (f"paper-{_slug(label)}", label, None, None))
+        row_id, model, run, iteration = TABLE2_ROWS.get(label, (f"paper-{_row_id_part(label)}", label, None, None))
         per_lang = {lang: {name: _number(v[name], f"table2/{label}/{lang}/{name}")
                            for name in ("win_rate", "length_controlled_winrate") if name in v}
                     for lang, v in by_lang.items()}
@@ -93,7 +94,7 @@ def published_rows(paper: dict, paper_path: str | Path = "paper json") -> list[t
     for reward, by_lang in paper.get("reward_ablation_iteration1_lc_read_off_plot", {}).items():
         name = REWARD_NAMES.get(reward, reward)
         # No run: a single iteration per reward is no trajectory to plot.
-        add(f"paper-ablation-{_slug(reward)}-iter1", f"ICR iteration 1, reward {name}", None, 1,
+        add(f"paper-ablation-{_row_id_part(reward)}-iter1", f"ICR iteration 1, reward {name}", None, 1,
             f"ICR iteration 1, reward {name} (LC read off a plot)", "reward_ablation_iteration1_lc_read_off_plot",
             {lang: {"length_controlled_winrate": _number(v, f"ablation/{reward}/{lang}")}
              for lang, v in by_lang.items()})
