@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("harness.commands.results_cmd:plot", "PNG charts of WR and LC by iteration."),
     "run": ("harness.commands.run_cmd:run", "Run the ICR loop with evaluation around every iteration."),
     "compare-baselines": ("harness.commands.baselines_cmd:compare_baselines", "Run ICR, LIDR, English-only; one table."),
-    "eval": ("harness.commands.capabilities_cmd:eval_suite", "Capability suites (lm-eval) on a model."),
+    "capabilities": ("harness.commands.capabilities_cmd:capabilities", "Capability suites (lm-eval) on a model."),
     "bench": ("harness.commands.bench_cmd:bench", "Performance benchmarks against naive baselines."),
 }
 

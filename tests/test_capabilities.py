@@ -95,7 +95,7 @@ def test_cli_writes_scores_into_a_row_and_the_leaderboard_shows_them(tmp_path, c
     results = tmp_path / "results"
     add_row(results, "demo-iter1", {"en": (14.0, 12.0), "es": (11.0, 9.5)}, iteration=1)
     out = tmp_path / "caps.json"
-    main(["--seed", "1", "eval", "--suite", "lm-eval", "--model", str(model_dir), "--tasks", TOY,
+    main(["--seed", "1", "capabilities", "--suite", "lm-eval", "--model", str(model_dir), "--tasks", TOY,
           "--include-path", str(TASKS), "--limit", "6", "--batch-size", "8",
           "--row", "demo-iter1", "--results-dir", str(results), "-o", str(out)])
     assert TOY in capsys.readouterr().out
@@ -123,7 +123,7 @@ def test_cli_writes_scores_into_a_row_and_the_leaderboard_shows_them(tmp_path, c
 ])
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(["eval", "--model", "tiny-random-llama", "--results-dir", str(tmp_path), *argv])
+        main(["capabilities", "--model", "tiny-random-llama", "--results-dir", str(tmp_path), *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 

@@ -1,13 +1,13 @@
-"""``xlpref eval --suite lm-eval``: capability tasks (lm-eval) on a model, scores onto a results row.
+"""``xlpref capabilities --suite lm-eval``: capability tasks (lm-eval) on a model, scores onto a results row.
 
 Example::
 
     # offline, a local task folder (YAML + JSONL)
-    xlpref eval --suite lm-eval --model tiny-random-llama --tasks xlpref_toy_mc \\
+    xlpref capabilities --suite lm-eval --model tiny-random-llama --tasks xlpref_toy_mc \\
         --include-path tests/fixtures/lm_eval_tasks --limit 8 --row demo-iter1 --results-dir results -o caps.json
     xlpref leaderboard --results-dir results          # one column per task beside X-AlpacaEval
     # with network access: the multilingual ARC / HellaSwag / MMLU / TruthfulQA set of the paper
-    xlpref eval --model runs/demo/iter1/policy --tasks recommended --langs en,es,de,fr,ru --batch-size 8
+    xlpref capabilities --model runs/demo/iter1/policy --tasks recommended --langs en,es,de,fr,ru --batch-size 8
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _split(text: str) -> list[str]:
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="JSON file for the scores, lm-eval's results (trimmed), versions and config.")
 @click.pass_obj
-def eval_suite(obj: Any, suite: str, model_spec: str, tasks: str, langs: str, include_path: Path | None,
+def capabilities(obj: Any, suite: str, model_spec: str, tasks: str, langs: str, include_path: Path | None,
                limit: int | None, batch_size: int, device: str | None, row: str | None, results_dir: Path,
                out: Path | None) -> None:
     """Run a capability suite on MODEL; print the scores, write -o OUT.json and the row's capabilities.json."""
