@@ -281,3 +281,13 @@ def test_rounding_probe_measures_both_scorers_against_float64():
     assert error["response_tokens"] == 48 and error["float64_logp"] < -1.0
     assert abs(error["ours_minus_float64"]) < 1e-4  # float64 finish: only the logits' own rounding remains
     assert abs(error["naive_minus_float64"]) < 1e-3
+
+
+def test_the_suite_runs_as_a_module_and_refuses_an_unknown_section(capsys):
+    from benchmarks.perf.suite import main
+
+    assert main(["--sections", "scoring,warp-drive"]) == 2
+    assert "unknown sections ['warp-drive']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0 and "python -m benchmarks.perf.suite" in capsys.readouterr().out

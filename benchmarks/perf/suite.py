@@ -1,4 +1,4 @@
-"""The performance suite (issue 6): run the sections, turn their data into one table, write JSON.
+"""The performance suite: run the sections, turn their data into one table, write JSON.
 
 Sections (each in its own module, each comparing against its naive baseline in the same process):
 ``scoring`` (:mod:`bench_scoring`), ``sampling`` (:mod:`bench_sampling`, vLLM in a subprocess),
@@ -7,6 +7,9 @@ A section that fails is recorded with its error and the others still run.
 
 Computation and rendering are apart: :func:`summary_rows` turns the results into plain rows
 (section, measure, ours, naive, ratio, target, met); :func:`summary_table` renders them with rich.
+
+Run it as ``python -m benchmarks.perf.suite [--quick] [--sections scoring,judging] [-o out.json]``
+(or ``xlpref bench``, which imports this module only when it runs).
 
 Example::
 
@@ -275,3 +278,68 @@ def stage_table(results: dict) -> Table | None:
             cells.append("" if seconds is None else f"{seconds:.1f}")
         table.add_row(name, *cells)
     return table
+
+
+def print_and_write(results: dict, output: Path) -> None:
+    """Print the summary and stage tables, then write ``results`` as JSON to ``output``."""
+    from rich.console import Console
+
+    from xlpref.jsonio import write_json_atomic
+
+    out = Console(width=None if Console().is_terminal else 160)
+    out.print(summary_table(results))
+    stages = stage_table(results)
+    if stages is not None:
+        out.print(stages)
+    write_json_atomic(output, results)
+    Console(stderr=True).print(f"wrote {output}")
+
+
+def parse_sections(text: str) -> list[str]:
+    """A comma-separated subset of :data:`SECTIONS`, in the order given."""
+    from xlpref.errors import InputError
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        raise InputError(f"unknown sections {unknown}; expected a comma-separated subset of {list(SECTIONS)}",
+                         field="--sections")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.perf.suite``: the options of ``xlpref bench``; returns the exit code."""
+    import argparse
+    import sys
+
+    from xlpref.errors import InputError
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.suite", description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of the sections")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    parser.add_argument("--model", default="gemma-3-270m", help="model spec every section uses")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions per comparison")
+    parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM engine in the sampling section")
+    parser.add_argument("--e2e-run-dir", default="runs/demo", help="an existing run whose stages.json e2e reports")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the in-process sections")
+    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="JSON output")
+    args = parser.parse_args(argv)
+    try:
+        names = parse_sections(args.sections)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    options = {"sampling": {"is_vllm": not args.no_vllm},
+               "e2e": {"run_dir": args.e2e_run_dir or None, "is_fresh": None, "build_policy": False}}
+    results = run_suite(names, quick=args.quick, model=args.model, repeats=args.repeats, options=options,
+                        log=lambda message: print(message, file=sys.stderr))
+    print_and_write(results, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

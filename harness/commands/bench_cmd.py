@@ -1,4 +1,4 @@
-"""``xlpref bench``: the performance suite (issue 6), each hot path against its naive baseline in one run.
+"""``xlpref bench``: the performance suite, each hot path against its naive baseline in one run.
 
 Prints the summary table (section, ours, naive, ratio, target, met?) and the end-to-end stage
 breakdown, and writes everything (with the machine's cores, CPU, torch version, load, date) as JSON.
@@ -8,6 +8,9 @@ Example::
     xlpref bench                                   # the full suite, about 10-15 minutes on 2 idle cores
     xlpref bench --quick --sections scoring,judging
     xlpref bench --model tiny-random-llama --quick --no-vllm -o /tmp/bench.json   # a smoke test
+
+The suite lives in ``benchmarks/perf`` (``python -m benchmarks.perf.suite`` runs it without the CLI);
+this command imports it only when it runs, so the harness never loads it otherwise.
 """
 
 from __future__ import annotations
@@ -15,20 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from xlpref.errors import InputError
-
-
-def _sections(text: str) -> list[str]:
-    from benchmarks.perf.suite import SECTIONS
-
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in SECTIONS]
-    if unknown or not names:
-        raise InputError(f"unknown sections {unknown}; expected a comma-separated subset of {list(SECTIONS)}",
-                         field="--sections")
-    return names
-
 
 @click.command()
 @click.option("--sections", default="scoring,sampling,training,judging,e2e", show_default=True,
@@ -54,10 +43,9 @@ def bench(obj, sections: str, quick: bool, model: str, repeats: int | None, no_v
     """Run the performance benchmarks against naive baselines; print the table, write JSON."""
     from rich.console import Console
 
-    from benchmarks.perf.suite import DEFAULT_OUTPUT, run_suite, stage_table, summary_table
-    from xlpref.jsonio import write_json_atomic
+    from benchmarks.perf.suite import DEFAULT_OUTPUT, parse_sections, print_and_write, run_suite
 
-    names = _sections(sections)
+    names = parse_sections(sections)
     if threads is not None:
         import torch
 
@@ -68,10 +56,4 @@ def bench(obj, sections: str, quick: bool, model: str, repeats: int | None, no_v
                "e2e": {"run_dir": e2e_run_dir or None, "is_fresh": e2e_fresh, "build_policy": e2e_build_policy}}
     results = run_suite(names, quick=quick, model=model, repeats=repeats, options=options,
                         log=lambda message: err.print(f"[dim]{message}"))
-    out = Console(width=None if Console().is_terminal else 160)
-    out.print(summary_table(results))
-    stages = stage_table(results)
-    if stages is not None:
-        out.print(stages)
-    write_json_atomic(output, results)
-    err.print(f"wrote {output}")
+    print_and_write(results, output)
