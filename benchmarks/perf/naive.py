@@ -1,6 +1,6 @@
 """Naive baselines the benchmarks compare against, written the way the authors' scoring code works.
 
-:func:`naive_response_logprobs` is the reference scorer of issue 6: items in their given order in
+:func:`naive_response_logprobs` is the reference scorer the benchmark compares against: items in their given order in
 fixed batches of 3, each row the full prompt + response re-encoded (no prompt reuse), right-padded to
 the batch's longest row, the model's full logits at every position and a full-vocabulary
 log-softmax over them, then the response tokens' values gathered and summed.

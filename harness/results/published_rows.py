@@ -114,7 +114,7 @@ def published_rows(paper: dict, paper_path: str | Path = "paper json") -> list[t
 def import_published(paper_json: str | Path, results_dir: str | Path) -> list[Path]:
     """Regenerate results/published/ from the paper JSON; returns the row folders written.
 
-    Published rows no longer produced by the JSON are removed, so the folder always mirrors it.
+    Published rows the JSON does not produce are removed, so the folder always mirrors it.
     """
     paper_json = Path(paper_json)
     paper = read_json(paper_json)
