@@ -12,8 +12,8 @@ import yaml
 
 from harness.config import load_config
 from harness.loop import run_icr
-from harness.store import RecordLog
 from xlpref.errors import InputError
+from xlpref.records import RecordLog
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "fixtures" / "tiny_run.yaml"

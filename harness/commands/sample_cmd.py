@@ -79,7 +79,7 @@ def sample(obj, model: str, prompts: Path, langs: str, n: int, output: Path, bac
            stop: tuple[str, ...], limit: int | None, seed: int | None, tensor_parallel_size: int,
            gpu_memory_utilization: float | None) -> None:
     """Sample N responses per prompt in each language of LANGS into OUTPUT (resumable)."""
-    from harness.store import RecordLog
+    from xlpref.records import RecordLog
     from xlpref.languages import parse_languages
     from xlpref.sampling import SAMPLE_KEY, SamplingParams, make_sampler, sample_to_log
     from xlpref.sampling_prompts import requests_from_prompts

@@ -50,7 +50,7 @@ def score_table(records: list[dict]) -> Table:
 def score(obj, samples_path: Path, policy: str, reference: str, reward: str, output: Path, max_batch_tokens: int,
           max_new_tokens: int) -> None:
     """Score each response of SAMPLES.jsonl with the implicit reward log pi_policy - log pi_reference."""
-    from harness.store import RecordLog
+    from xlpref.records import RecordLog
     from xlpref.errors import InputError
     from xlpref.jsonio import iter_jsonl
     from xlpref.models import load_model
