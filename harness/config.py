@@ -96,6 +96,8 @@ class EvaluationConfig(_Strict):
     max_new_tokens: int = Field(2048, ge=1)
     batch_size: int = Field(8, ge=1)
     n_bootstrap: int = Field(2000, ge=100)
+    switch_seed: int = Field(0, description="seed of the judge's output-order switch (AlpacaEval's and the "
+                                            "authors' is 0), independent of the run's seed")
     results_dir: Optional[Path] = Field(None, description="also record each iteration under this results folder")
     capability_tasks: list[str] = Field(default_factory=list,
                                         description="lm-eval tasks run on every iteration's model ('recommended' = per language set)")

@@ -18,8 +18,8 @@ from xlpref.data import default_data_dir
 from xlpref.errors import InputError
 
 SECRET = "sk-test-NEVER-WRITTEN-4f1c"
-ADDED_SENTENCE = ("A good output is written in the language of the instruction, unless the instruction explicitly "
-                  "asks for a different language.")
+ADDED_SENTENCE = ("A good output should be in the same language as the instruction, except when the instruction "
+                  "explicitly requests the output in a different language.")
 
 
 @pytest.fixture
@@ -39,7 +39,8 @@ def test_template_is_alpaca_eval_prompt_plus_one_sentence():
                 / "alpaca_eval_clf.txt").read_text()
     ours = load_judge_config("weighted_gpt4_turbo_multilingual").prompt_template
     assert ours.count(ADDED_SENTENCE) == 1
-    assert ours.replace(" " + ADDED_SENTENCE, "") == original
+    assert ours.replace(ADDED_SENTENCE + " ", "") == original
+    assert "## Task\n\n" + ADDED_SENTENCE + " Evaluate the models" in ours
 
 
 def test_round_trip_known_logprobs(api_key):

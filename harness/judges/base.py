@@ -68,6 +68,9 @@ REQUIRED_OPTIONS = {"openai_compatible": ("base_url", "api_key_env"), "local_hf_
 RUNTIME_KEYS = frozenset({"description", "is_demo", "base_url", "api_key_env", "is_api_key_required",
                           "max_concurrency", "timeout_s", "max_retries", "retry_backoff_s", "batch_size", "device",
                           "price_per_million_prompt_tokens", "price_per_million_completion_tokens"})
+#: What a judge is (a demo or not, and its description): read from its config only, never overridden,
+#: so a number cannot lose its demo-judge tag by an option on the command line.
+LABEL_KEYS = frozenset({"is_demo", "description"})
 _NAME_PATTERN = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -244,6 +247,10 @@ def load_judge_config(name_or_path: str | Path, **overrides: Any) -> JudgeConfig
                          path=path, field=f"{base_name}.xlpref")
     default_model = completions_kwargs["model_name"]
     for key, value in overrides.items():
+        if key in LABEL_KEYS:
+            raise InputError(f"judge option '{key}' cannot be overridden: a judge's {key} is a property of its "
+                             f"config; expected a judge config (a folder or configs.yaml) that says so",
+                             path=path, field=f"{base_name}.xlpref.{key}")
         if key == "model":
             completions_kwargs["model_name"] = value
         elif key in completions_kwargs:
