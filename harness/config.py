@@ -58,11 +58,16 @@ class SamplingConfig(_Strict):
 class AnnotatorConfig(_Strict):
     name: Literal["implicit-reward", "lidr"] = "implicit-reward"
     reward: Literal["cross-lingual", "multilingual", "translate-to-english"] = "cross-lingual"
+    token_span: Literal["authors", "response", "response+eot"] = Field(
+        "authors", description="tokens the reward sums: 'authors' = y_2..y_m + end-of-turn (the authors' code), "
+                               "'response' = y_1..y_m, 'response+eot' = y_1..y_m + end-of-turn")
     length_control: bool = True
     alpha_step: float = Field(0.001, gt=0, lt=1)
     upper_bound: Optional[float] = None
     max_batch_tokens: int = Field(4096, ge=16)
     max_new_tokens: int = Field(256, ge=1, description="LIDR answers and translations")
+    translation_max_new_tokens: int = Field(8192, ge=1, description="translate-to-english reward: greedy translation "
+                                                                    "limit (the authors' 8192)")
 
 
 class TrainingConfig(_Strict):

@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 REWARD_NAMES = ("cross-lingual", "multilingual", "translate-to-english")
+#: xlpref.reward.TOKEN_SPANS (not imported: the CLI's help loads no torch)
+TOKEN_SPANS = ("authors", "response", "response+eot")
 
 
 def score_table(records: list[dict]) -> Table:
@@ -26,7 +28,10 @@ def score_table(records: list[dict]) -> Table:
     by_lang: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         by_lang[record["lang"]].append(record)
-    table = Table(title=f"implicit reward ({records[0]['reward_type']})" if records else "implicit reward")
+    title = "implicit reward"
+    if records:
+        title += f" ({records[0]['reward_type']}, tokens: {records[0].get('token_span', 'response')})"
+    table = Table(title=title)
     for name in ("lang", "responses", "mean reward", "min", "max", "mean tokens"):
         table.add_column(name, justify="left" if name == "lang" else "right")
     for lang, rows in by_lang.items():
@@ -42,14 +47,17 @@ def score_table(records: list[dict]) -> Table:
 @click.option("--reference", required=True, help="pi_ref: model spec, folder or hub id (same tokenizer).")
 @click.option("--reward", type=click.Choice(REWARD_NAMES), default="cross-lingual", show_default=True,
               help="What a response is conditioned on.")
+@click.option("--token-span", type=click.Choice(TOKEN_SPANS), default="authors", show_default=True,
+              help="Tokens summed: authors = y_2..y_m + end-of-turn (the authors' code), response = y_1..y_m, "
+                   "response+eot = y_1..y_m + end-of-turn.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="SCORED.jsonl to write.")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Padded tokens (prompt included) per forward pass.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Translation length limit (translate-to-english only).")
 @click.pass_obj
-def score(obj, samples_path: Path, policy: str, reference: str, reward: str, output: Path, max_batch_tokens: int,
-          max_new_tokens: int) -> None:
+def score(obj, samples_path: Path, policy: str, reference: str, reward: str, token_span: str, output: Path,
+          max_batch_tokens: int, max_new_tokens: int) -> None:
     """Score each response of SAMPLES.jsonl with the implicit reward log pi_policy - log pi_reference."""
     from harness.store import RecordLog
     from xlpref.errors import InputError
@@ -84,7 +92,7 @@ def score(obj, samples_path: Path, policy: str, reference: str, reward: str, out
     log = RecordLog(output, SCORE_KEY)
     start = time.perf_counter()  # models are loaded: what follows is the scoring itself
     scored = score_records(records, policy_model, reference_model, tokenizer, reward_fn, log=log,
-                           max_batch_tokens=max_batch_tokens)
+                           max_batch_tokens=max_batch_tokens, token_span=token_span)
     seconds = time.perf_counter() - start
     console = Console()
     console.print(score_table(scored))
