@@ -158,10 +158,16 @@ def summary_table(metrics: dict[str, dict], caption: str) -> Table:
             return "-"
         return f"{value:.2f}" + (f" ± {se:.2f}" if isinstance(se, (int, float)) else "")
 
+    not_estimable = []
     for lang, m in metrics.items():
+        lc = number(m.get("length_controlled_winrate"))
+        if m.get("lc_not_estimable"):
+            not_estimable.append(f"{lang}: {m['lc_not_estimable']}")
+            lc = "-†"
         table.add_row(lang, str(m.get("n_total", "-")), number(m.get("win_rate"), m.get("standard_error")),
-                      number(m.get("length_controlled_winrate")), str(m.get("avg_length", "-")),
-                      str(m.get("n_unparsed", 0)))
+                      lc, str(m.get("avg_length", "-")), str(m.get("n_unparsed", 0)))
+    if not_estimable:
+        table.caption = "\n".join([caption, "† LC not estimable: " + "; ".join(not_estimable)])
     return table
 
 

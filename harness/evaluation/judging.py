@@ -237,8 +237,7 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
             for the length-controlled win rate; None fits it without.
         cache_path: the judge cache (default ``out_dir/judge_cache.jsonl``).
     """
-    from harness.metrics.length_controlled import N_SPLITS
-    from harness.metrics.winrate import compute_metrics, load_instruction_difficulty, winrate_metrics
+    from harness.metrics.winrate import compute_metrics, load_instruction_difficulty
 
     out_dir = Path(out_dir)
     if isinstance(model_outputs, (str, Path)):
@@ -256,13 +255,9 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
         raise InputError(f"judge {judge.name} gave no usable preference for any of {len(records)} outputs",
                          path=out_dir / "annotations.json")
     reference = annotations[0]["generator_1"]
-    if len(annotations) >= N_SPLITS:
-        metrics = compute_metrics(annotations, instruction_difficulty=instruction_difficulty, annotator=judge.name,
-                                  reference=reference)
-    else:  # too few for the LC GLM's cross-validation: the win rate alone, and LC says why it is missing
-        metrics = {"generator": annotations[0]["generator_2"], **winrate_metrics(annotations),
-                   "length_controlled_winrate": None, "lc_standard_error": None,
-                   "lc_note": f"{len(annotations)} annotations; the LC GLM needs at least {N_SPLITS}"}
+    # A degenerate LC (too few annotations, separation, zero standard error) comes back as None with the reason.
+    metrics = compute_metrics(annotations, instruction_difficulty=instruction_difficulty, annotator=judge.name,
+                              reference=reference)
     metrics.update({
         "annotator": judge.name, "annotator_is_demo": judge.is_demo, "annotator_description": judge.description,
         "annotator_config_hash": judge.config_hash, "annotator_agreement": read_agreement(judge),

@@ -26,13 +26,14 @@ import numpy as np
 import pandas as pd
 
 from harness.metrics.length_controlled import (Annotations, annotations_frame, assign_ids_by_instruction, fit_instruction_difficulty,
-                        instruction_index, length_controlled_winrate, load_annotations, load_instruction_difficulty,
-                        write_instruction_difficulty)
+                        instruction_index, lc_degeneracy, length_controlled_fit, length_controlled_winrate,
+                        load_annotations, load_instruction_difficulty, write_instruction_difficulty)
 from xlpref.errors import InputError
 
 __all__ = [
     "WINRATE_COLUMNS", "annotations_frame", "assign_ids_by_instruction", "compute_metrics",
-    "fit_instruction_difficulty", "instruction_index", "length_controlled_winrate", "load_annotations",
+    "fit_instruction_difficulty", "instruction_index", "lc_degeneracy", "length_controlled_fit",
+    "length_controlled_winrate", "load_annotations",
     "load_instruction_difficulty", "paired_bootstrap", "paired_bootstrap_average", "preferences_by_id",
     "winrate_metrics", "write_instruction_difficulty",
 ]
