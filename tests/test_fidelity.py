@@ -1,4 +1,4 @@
-"""The authors' judge, exactly: prompt text, rendered requests, seed-0 order, labels from configs only.
+"""The authors' judge, exactly (prompt text, rendered requests, seed-0 order), and labels that stay with what made them.
 
 Expected requests are built here from alpaca-eval's own pieces (its template file with the authors'
 sentence inserted, ``make_prompts``, ``prompt_to_chatml`` as its OpenAI decoder calls it, and its
@@ -162,3 +162,23 @@ def test_a_judge_config_of_its_own_may_say_what_it_is(tmp_path):
     (tmp_path / "annotators" / "weighted_gpt4_turbo_multilingual").mkdir()
     (tmp_path / "annotators" / "weighted_gpt4_turbo_multilingual" / TEMPLATE.name).write_bytes(TEMPLATE.read_bytes())
     assert load_judge_config(folder).options["is_demo"] is False
+
+
+def test_capability_scores_go_only_into_the_row_of_the_evaluated_model(tmp_path, capsys):
+    from results_fixtures import add_row
+
+    from harness.commands.capabilities_cmd import is_rows_model
+    from harness.results.rows import read_row
+
+    results = tmp_path / "results"
+    folder = add_row(results, "demo-iter1", {"en": (14.0, 12.0)}, iteration=1, run="demo", model="iter_0/model")
+    code, _, err = run_cli(["eval", "--model", "tiny-random-llama", "--tasks", "xlpref_toy_mc", "--include-path",
+                            Path(__file__).parent / "fixtures" / "lm_eval_tasks", "--row", "demo-iter1",
+                            "--results-dir", results], capsys)
+    assert code == 2 and "holds the scores of model 'iter_0/model', not 'tiny-random-llama'" in err
+    assert not (Path(folder) / "capabilities.json").exists()
+    row = read_row(folder)
+    assert is_rows_model(row, "iter_0/model")
+    assert is_rows_model(row, str(tmp_path / "runs" / "demo" / "iter_0" / "model"))
+    assert not is_rows_model(row, str(tmp_path / "runs" / "other" / "iter_0" / "model"))
+    assert not is_rows_model(row, "tiny-random-llama")
