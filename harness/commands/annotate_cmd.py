@@ -66,7 +66,7 @@ def annotate(obj, annotator_name: str, policy: str, prompts_path: Path | None, l
              samples_path: Path | None, reference: str | None, reward: str, token_span: str, no_length_control: bool,
              max_new_tokens: int | None, batch_size: int | None, output: Path, work_dir: Path | None) -> None:
     """Build preference pairs with the annotator ANNOTATOR and write PAIRS.jsonl + PAIRS.summary.json."""
-    from harness.store import RunStore
+    from harness.store import RunStore, check_output_options, record_output_options
     from xlpref.errors import InputError
     from xlpref.jsonio import write_json_atomic, write_jsonl_atomic
     from xlpref.languages import parse_languages
@@ -107,6 +107,13 @@ def annotate(obj, annotator_name: str, policy: str, prompts_path: Path | None, l
         inputs = {"samples": _read_samples(samples_path, reward), "reference": reference}
     annotator = annotator_cls(None, seed=obj.seed if obj else 42, console=console, **options)
     store = RunStore(work_dir or output.with_name(output.stem + ".work"))
+    # The work folder's records were made with the options recorded beside the output; resume only with those.
+    resolved = check_output_options(output, {"annotator": annotator_name, "policy": policy, "reference": reference,
+                                  "samples": str(samples_path.resolve()) if samples_path else None,
+                                  "prompts": str(prompts_path.resolve()) if prompts_path else None, "langs": langs,
+                                  "limit": limit, **options},
+                         has_work=any(p.is_file() for p in store.root.rglob("*.jsonl")))
+    record_output_options(output, resolved)
     result = annotator.annotate(policy=policy, store=store, **inputs)
     summary_path = output.with_name(output.stem + ".summary.json")
     write_jsonl_atomic(output, result.pairs)

@@ -91,7 +91,16 @@ def generate(obj: Any, model: str, langs: str, out_dir: Path, data_dir: Path | N
     folder = _data_dir(data_dir, mini) / "x_alpacaeval" / "instructions"
     instructions = {lang: rows[:limit] for lang, rows in load_instructions(folder, parse_languages(langs)).items()}
     generator = generator or Path(model).name
+    from harness.store import RunStore, check_output_options, record_output_options
+
+    log = RunStore(out_dir).record_log("generation", key=("lang", "id", "sample_index"))
+    # Records carry the model and decoding (checked when resuming); the sidecar covers the rest.
+    resolved = check_output_options(
+        log.final_path, {"model": model, "generator": generator, "instructions": str(folder.resolve()), "limit": limit,
+                         "backend": backend, "batch_size": batch_size},
+        has_work=log.is_finished or bool(log.done_keys), changeable=("limit",))
     start = time.perf_counter()
+    record_output_options(log.final_path, resolved)
     paths = generate_outputs(model, instructions, out_dir, generator=generator, backend=backend, params=params)
     console = Console(stderr=True)
     for lang, path in paths.items():

@@ -59,7 +59,7 @@ def score_table(records: list[dict]) -> Table:
 def score(obj, samples_path: Path, policy: str, reference: str, reward: str, token_span: str, output: Path,
           max_batch_tokens: int, max_new_tokens: int) -> None:
     """Score each response of SAMPLES.jsonl with the implicit reward log pi_policy - log pi_reference."""
-    from harness.store import RecordLog
+    from harness.store import RecordLog, check_output_options, record_output_options
     from xlpref.errors import InputError
     from xlpref.jsonio import iter_jsonl
     from xlpref.models import load_model
@@ -83,13 +83,19 @@ def score(obj, samples_path: Path, policy: str, reference: str, reward: str, tok
         records.append(record)
     if not records:
         raise InputError("no records; expected one sample record per line", path=samples_path)
+    log = RecordLog(output, SCORE_KEY)
+    # A resumed output keeps the options it was started with (records do not say which models scored them).
+    resolved = check_output_options(
+        output, {"samples": str(samples_path.resolve()), "policy": policy, "reference": reference, "reward": reward,
+                 "token_span": token_span, "max_new_tokens": max_new_tokens},
+        has_work=log.is_finished or bool(log.done_keys))
     policy_model, tokenizer = load_model(policy)
     if reference == policy:
         reference_model = policy_model  # the same model: every reward is 0
     else:
         reference_model, reference_tokenizer = load_model(reference)
         check_same_tokenizer(tokenizer, reference_tokenizer)
-    log = RecordLog(output, SCORE_KEY)
+    record_output_options(output, resolved)
     start = time.perf_counter()  # models are loaded: what follows is the scoring itself
     scored = score_records(records, policy_model, reference_model, tokenizer, reward_fn, log=log,
                            max_batch_tokens=max_batch_tokens, token_span=token_span)
