@@ -3,7 +3,8 @@
 Scores SAMPLES.jsonl once per token span (``authors``, ``response``, ``response+eot``; the models
 are loaded once), builds the pairs as the loop does (length control on, alpha step 0.001) and
 reports, per span against ``authors``, how many groups pick another chosen or rejected response,
-and the rank correlation of the rewards. docs/fidelity.md cites its output.
+the rank correlation of the rewards, and the scoring time per span (``authors`` scores each
+response's first token once more, as its own one-token item). docs/fidelity.md cites its output.
 
 Example::
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
 
@@ -35,8 +37,12 @@ def compare_spans(samples: list[dict], policy: str, reference: str, reward: str 
 
     policy_model, tokenizer = load_model(policy)
     reference_model = policy_model if reference == policy else load_model(reference)[0]
-    scored = {span: score_records(samples, policy_model, reference_model, tokenizer, reward, token_span=span,
-                                  progress=False) for span in TOKEN_SPANS}
+    scored, seconds = {}, {}
+    for span in TOKEN_SPANS:
+        start = time.perf_counter()
+        scored[span] = score_records(samples, policy_model, reference_model, tokenizer, reward, token_span=span,
+                                     progress=False)
+        seconds[span] = round(time.perf_counter() - start, 2)
     results = {span: build_pairs(records) for span, records in scored.items()}
     pairs = {span: {pair_key(p): p for p in result.pairs} for span, result in results.items()}
     base = pairs["authors"]
@@ -48,7 +54,7 @@ def compare_spans(samples: list[dict], policy: str, reference: str, reward: str 
                              != {(pairs[span].get(k) or {}).get(s) for s in ("chosen", "rejected")})
         rewards = np.array([[a["reward"], b["reward"]] for a, b in zip(scored["authors"], scored[span])])
         report["spans"][span] = {
-            "pairs": len(pairs[span]), "groups_compared": len(groups),
+            "pairs": len(pairs[span]), "groups_compared": len(groups), "scoring_seconds": seconds[span],
             "skipped": {name: sum(row[name] for row in results[span].summary.values())
                         for name in ("skipped_few_distinct", "skipped_equal_rewards", "skipped_upper_bound")},
             "chosen_differs_from_authors": changed_chosen, "pair_differs_from_authors": changed_either,
