@@ -261,6 +261,7 @@ CONFIG_DEPENDENTS: dict[str, tuple[str, ...]] = {
     "sampling": ("samples",), "annotator": ("pairs",), "training": ("train",),
     "training.report_to": (),
     "evaluation": ("eval",), "evaluation.results_dir": (), "evaluation.is_enabled": (),
+    "evaluation.n_bootstrap": (),  # the run's leaderboard deltas, rewritten on every run
 }
 
 
@@ -278,13 +279,17 @@ def started_stages(store: RunStore, iterations: int) -> dict[str, list[str]]:
     """Stage kind -> the stages of that kind that finished or left output (a partial log, a folder)."""
     found: dict[str, list[str]] = {kind: [] for kind in STAGE_KINDS}
     for t in range(iterations + 1):
-        traces = {"eval": (f"eval/iter_{t}", [("eval", f"iter_{t}")]),
-                  "samples": (f"iter_{t}/samples", [(f"iter_{t}", "samples.jsonl"), (f"iter_{t}", "samples.partial.jsonl")]),
-                  "pairs": (f"iter_{t}/pairs", [(f"iter_{t}", "scored.jsonl"), (f"iter_{t}", "scored.partial.jsonl"),
-                                                 (f"iter_{t}", "pairs.jsonl")]),
-                  "train": (f"iter_{t}/train", [(f"iter_{t}", "model")])}
-        for kind, (stage, paths) in traces.items():
-            if store.is_done(stage) or any(store.path(*parts).exists() for parts in paths):
+        folder = store.path(f"iter_{t}")
+        logs = [p.name for p in folder.glob("*.jsonl")] if folder.is_dir() else []
+        traces = {
+            "eval": (f"eval/iter_{t}", store.path("eval", f"iter_{t}").exists()),
+            "samples": (f"iter_{t}/samples", any(name.startswith("samples.") for name in logs)),
+            # scored records, pairs, or an annotator's own logs (LIDR's answers and translations)
+            "pairs": (f"iter_{t}/pairs", any(not name.startswith("samples.") for name in logs)),
+            "train": (f"iter_{t}/train", store.path(f"iter_{t}", "model").exists()),
+        }
+        for kind, (stage, has_output) in traces.items():
+            if has_output or store.is_done(stage):
                 found[kind].append(stage)
     return found
 
