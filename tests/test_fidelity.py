@@ -182,3 +182,29 @@ def test_capability_scores_go_only_into_the_row_of_the_evaluated_model(tmp_path,
     assert is_rows_model(row, str(tmp_path / "runs" / "demo" / "iter_0" / "model"))
     assert not is_rows_model(row, str(tmp_path / "runs" / "other" / "iter_0" / "model"))
     assert not is_rows_model(row, "tiny-random-llama")
+
+
+def test_metrics_uses_the_instruction_difficulty_default_of_evaluate(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from harness.metrics.winrate import compute_metrics, load_instruction_difficulty
+
+    data = tmp_path / "data"
+    (data / "alpaca_eval_lc").mkdir(parents=True)
+    table = data / "alpaca_eval_lc" / "instruction_difficulty.csv"
+    rng = np.random.default_rng(3)
+    table.write_text("index,instruction_difficulty\n" + "".join(f"{i},{rng.normal():.6f}\n" for i in range(40)))
+    annotations = [{"id": i + 1, "instruction": f"q{i}", "output_1": "r" * int(rng.integers(5, 90)),
+                    "output_2": "m" * int(rng.integers(5, 90)), "generator_1": "ref", "generator_2": "m",
+                    "preference": float(rng.uniform(1, 2))} for i in range(30)]
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(annotations), encoding="utf-8")
+    monkeypatch.setenv("XLPREF_DATA_DIR", str(data))
+    code, out, err = run_cli(["metrics", path, "--json"], capsys)
+    assert code == 0, err
+    printed = json.loads(out)
+    expected = compute_metrics(annotations, instruction_difficulty=load_instruction_difficulty(table))
+    assert printed["lc_difficulty"] == "official-csv" and printed["length_controlled_winrate"] is not None
+    assert printed["length_controlled_winrate"] == pytest.approx(expected["length_controlled_winrate"])
+    code, out, _ = run_cli(["metrics", path, "--no-instruction-difficulty", "--json"], capsys)
+    assert code == 0 and json.loads(out)["lc_difficulty"] == "none"
