@@ -193,10 +193,12 @@ def test_metrics_uses_the_instruction_difficulty_default_of_evaluate(tmp_path, m
     (data / "alpaca_eval_lc").mkdir(parents=True)
     table = data / "alpaca_eval_lc" / "instruction_difficulty.csv"
     rng = np.random.default_rng(3)
-    table.write_text("index,instruction_difficulty\n" + "".join(f"{i},{rng.normal():.6f}\n" for i in range(40)))
+    difficulty = rng.normal(0, 1.5, 40)
+    table.write_text("index,instruction_difficulty\n" + "".join(f"{i},{d:.6f}\n" for i, d in enumerate(difficulty)))
     annotations = [{"id": i + 1, "instruction": f"q{i}", "output_1": "r" * int(rng.integers(5, 90)),
                     "output_2": "m" * int(rng.integers(5, 90)), "generator_1": "ref", "generator_2": "m",
-                    "preference": float(rng.uniform(1, 2))} for i in range(30)]
+                    "preference": float(1 + 1 / (1 + np.exp(-1.2 * difficulty[i] - rng.normal(0, 0.3))))}
+                   for i in range(30)]
     path = tmp_path / "annotations.json"
     path.write_text(json.dumps(annotations), encoding="utf-8")
     monkeypatch.setenv("XLPREF_DATA_DIR", str(data))
