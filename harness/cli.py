@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "difficulty": ("harness.commands.metrics_cmd:difficulty", "Fit instruction difficulty from annotations."),
     "judge-agreement": ("harness.commands.evaluate_cmd:judge_agreement", "Measure a judge against GPT-4 Turbo."),
     "leaderboard": ("harness.commands.results_cmd:leaderboard", "Regenerate and print the leaderboard."),
+    "remetrics": ("harness.commands.results_cmd:remetrics", "Recompute rows' metrics.json from their annotations."),
     "compare": ("harness.commands.results_cmd:compare", "Per-language deltas with bootstrap CIs."),
     "check": ("harness.commands.results_cmd:check", "Regression gate: exit 0 or 1."),
     "plot": ("harness.commands.results_cmd:plot", "PNG charts of WR and LC by iteration."),

@@ -73,11 +73,16 @@ class SamplingConfig(_Strict):
 class AnnotatorConfig(_Strict):
     name: str = Field("implicit-reward", description=f"one of {names('annotator')}")
     reward: str = Field("cross-lingual", description=f"one of {names('reward')}")
+    token_span: Literal["authors", "response", "response+eot"] = Field(
+        "authors", description="tokens the reward sums: 'authors' = y_2..y_m + end-of-turn (the authors' code), "
+                               "'response' = y_1..y_m, 'response+eot' = y_1..y_m + end-of-turn")
     length_control: bool = True
     alpha_step: float = Field(0.001, gt=0, lt=1)
     upper_bound: Optional[float] = None
     max_batch_tokens: int = Field(4096, ge=16)
     max_new_tokens: int = Field(256, ge=1, description="LIDR answers and translations")
+    translation_max_new_tokens: int = Field(8192, ge=1, description="translate-to-english reward: greedy translation "
+                                                                    "limit (the authors' 8192)")
 
     check_name = _registered("annotator", "name")
     check_reward = _registered("reward", "reward")
@@ -131,6 +136,8 @@ class EvaluationConfig(_Strict):
     max_new_tokens: int = Field(2048, ge=1)
     batch_size: int = Field(8, ge=1)
     n_bootstrap: int = Field(2000, ge=100)
+    switch_seed: int = Field(0, description="seed of the judge's output-order switch (AlpacaEval's and the "
+                                            "authors' is 0), independent of the run's seed")
     results_dir: Optional[Path] = Field(None, description="also record each iteration under this results folder")
     capability_tasks: list[str] = Field(default_factory=list,
                                         description="lm-eval tasks run on every iteration's model ('recommended' = per language set)")

@@ -30,7 +30,7 @@ from typing import Any
 from rich.console import Console
 
 from harness.config import RunConfig
-from harness.store import RunStore
+from harness.store import RunStore, config_differences
 from xlpref.data import Instruction, TrainPrompt, load_instructions, load_reference_outputs, load_train_prompts
 from xlpref.errors import InputError
 from xlpref.jsonio import read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -96,7 +96,7 @@ def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
     for lang in ctx.config.languages:
         metrics[lang] = evaluate_outputs(paths[lang], ctx.references[lang], judge, out_dir / lang,
                                          instruction_difficulty=ctx.config.data.instruction_difficulty,
-                                         seed=ctx.config.seed)
+                                         seed=cfg.switch_seed)
     tokens = sum(m.get("n_total", 0) for m in metrics.values())
     _record_results(ctx, t, policy, out_dir, judge)
     ctx.stage_done(stage, time.perf_counter() - start, items=tokens)
@@ -239,6 +239,83 @@ def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str
     return str(out_dir)
 
 
+# -- a rerun's config against the run's record -------------------------------------------------------
+
+#: Config keys (dotted prefixes; the longest match wins) -> the stage kinds whose output depends on them.
+#: A key absent here counts for every stage; an empty tuple: no stage's output depends on it.
+STAGE_KINDS = ("eval", "samples", "pairs", "train")
+CONFIG_DEPENDENTS: dict[str, tuple[str, ...]] = {
+    "description": (), "iterations": (), "run_dir": (),
+    "name": ("eval",),  # the results rows are named after the run
+    "data.train_prompts": ("samples", "pairs"), "data.prompt_limit": ("samples", "pairs"),
+    "data.eval_instructions": ("eval",), "data.eval_limit": ("eval",), "data.reference_outputs": ("eval",),
+    "data.instruction_difficulty": ("eval",),
+    "sampling": ("samples",), "annotator": ("pairs",), "training": ("train",),
+    "training.report_to": (),
+    "evaluation": ("eval",), "evaluation.results_dir": (), "evaluation.is_enabled": (),
+    "evaluation.n_bootstrap": (),  # the run's leaderboard deltas, rewritten on every run
+}
+
+
+def config_dependents(key: str) -> tuple[str, ...]:
+    """The stage kinds whose output a config key decides (see :data:`CONFIG_DEPENDENTS`)."""
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:end])
+        if prefix in CONFIG_DEPENDENTS:
+            return CONFIG_DEPENDENTS[prefix]
+    return STAGE_KINDS
+
+
+def started_stages(store: RunStore, iterations: int) -> dict[str, list[str]]:
+    """Stage kind -> the stages of that kind that finished or left output (a partial log, a folder)."""
+    found: dict[str, list[str]] = {kind: [] for kind in STAGE_KINDS}
+    for t in range(iterations + 1):
+        folder = store.path(f"iter_{t}")
+        logs = [p.name for p in folder.glob("*.jsonl")] if folder.is_dir() else []
+        traces = {
+            "eval": (f"eval/iter_{t}", store.path("eval", f"iter_{t}").exists()),
+            "samples": (f"iter_{t}/samples", any(name.startswith("samples.") for name in logs)),
+            # scored records, pairs, or an annotator's own logs (LIDR's answers and translations)
+            "pairs": (f"iter_{t}/pairs", any(not name.startswith("samples.") for name in logs)),
+            "train": (f"iter_{t}/train", store.path(f"iter_{t}", "model").exists()),
+        }
+        for kind, (stage, has_output) in traces.items():
+            if has_output or store.is_done(stage):
+                found[kind].append(stage)
+    return found
+
+
+def check_config_matches_run(store: RunStore, config: RunConfig) -> None:
+    """Refuse a rerun whose config differs from the run's recorded one in a key that started work depends on.
+
+    Raises:
+        InputError: naming the differing keys and the stages that were made with the recorded values (exit 2).
+    """
+    manifest = store.read_manifest()
+    if not manifest or "config" not in manifest:
+        return
+    recorded = manifest["config"]
+    differing = config_differences(recorded, config.resolved())
+    iterations = max(int(recorded.get("iterations") or 0), int(manifest.get("iterations") or 0), config.iterations)
+    started = started_stages(store, iterations)
+    blocked = {key: sorted({s for kind in config_dependents(key) for s in started[kind]}) for key in differing}
+    blocked = {key: stages for key, stages in blocked.items() if stages}
+    if blocked:
+        lines = "; ".join(f"{key} (recorded {_dotted(recorded, key)!r}, now {_dotted(config.resolved(), key)!r}; "
+                          f"made: {', '.join(stages)})" for key, stages in sorted(blocked.items()))
+        raise InputError(f"the run was made with another config: {lines}; expected the recorded config "
+                         "(only keys no finished or started stage depends on may change, e.g. iterations), "
+                         "or a new run directory", path=store.manifest_path)
+
+
+def _dotted(config: dict, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 # -- one iteration, and the run ---------------------------------------------------------------------
 
 def run_iteration(ctx: RunContext, t: int, policy: str) -> str:
@@ -266,6 +343,7 @@ def run_icr(config: RunConfig, *, iterations: int | None = None, console: Consol
         check_trackers(config.training.report_to)
     store = RunStore(config.run_dir)
     store.remove_stale_temporaries()  # left by a run killed inside an atomic write
+    check_config_matches_run(store, config)  # before the manifest is rewritten to say otherwise
     store.write_manifest(config.resolved(), reward_pair=config.models.reward_pair, iterations=iterations,
                          reward_models={"t=0": {"policy": config.models.policy, "reference": config.models.reference},
                                         "t>=1": {"policy": "pi_0" if config.models.reward_pair == "original"

@@ -91,6 +91,69 @@ def safe_join(root: str | Path, *parts: str) -> Path:
     return candidate
 
 
+def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"a.b.c": value}`` (lists and scalars are leaves)."""
+    if not isinstance(config, dict):
+        return {prefix: config}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(flatten_config(value, name) if isinstance(value, dict) and value else {name: value})
+    return flat
+
+
+def config_differences(old: Any, new: Any) -> list[str]:
+    """The dotted keys whose values differ between two configs (added and removed keys included), sorted."""
+    a, b = flatten_config(old), flatten_config(new)
+    return sorted(key for key in set(a) | set(b) if a.get(key, _MISSING) != b.get(key, _MISSING))
+
+
+_MISSING = object()
+
+
+def options_sidecar_path(output: str | Path) -> Path:
+    """Where a resumable command keeps the resolved options its output was made with: ``OUT.options.json``."""
+    output = Path(output)
+    return output.with_name(output.name + ".options.json")
+
+
+def check_output_options(output: str | Path, options: dict, *, has_work: bool,
+                         changeable: Sequence[str] = ()) -> dict:
+    """Refuse to resume ``output`` with options other than those it was started with.
+
+    Call it before any work; call :func:`record_output_options` with its result once the work can
+    start (models loaded), so a command that fails on bad input leaves no sidecar behind.
+
+    Args:
+        options: the command's resolved options (plain JSON data) that decide the output's content.
+        has_work: whether ``output`` (final or partial) already holds records made with the recorded options.
+        changeable: option names allowed to differ (they do not change what is already written).
+    Returns:
+        The options as the sidecar will hold them (plain JSON data).
+    Raises:
+        InputError: the recorded options differ in another key; names the keys and the sidecar (exit 2).
+    """
+    sidecar = options_sidecar_path(output)
+    options = json.loads(json.dumps(options, default=str))  # what the sidecar will hold, paths as strings
+    if has_work and sidecar.is_file():
+        recorded = read_json(sidecar)
+        recorded = recorded.get("options", {}) if isinstance(recorded, dict) else {}
+        differing = [k for k in config_differences(recorded, options) if k.split(".")[0] not in changeable]
+        if differing:
+            details = ", ".join(f"{k}: {flatten_config(recorded).get(k)!r} -> {flatten_config(options).get(k)!r}"
+                                for k in differing)
+            raise InputError(f"was started with other options ({details}); expected the same options to resume, "
+                             "or another output path", path=output)
+    return options
+
+
+def record_output_options(output: str | Path, options: dict) -> Path:
+    """Write ``OUT.options.json``: the options ``output``'s records are being made with."""
+    sidecar = options_sidecar_path(output)
+    write_json_atomic(sidecar, {"options": options, "updated": now_iso()})
+    return sidecar
+
+
 class RunStore:
     """A run directory: manifest, stage bookkeeping and artifacts."""
 

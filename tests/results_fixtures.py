@@ -27,13 +27,13 @@ def synthetic_metrics(wr: float | None, lc: float | None, *, se: float | None = 
 def add_row(results_dir: Path, row_id: str, values: dict[str, tuple], *, run: str | None = "demo",
             iteration: int | None = 0, annotator: str = JUDGE, reference: str = REFERENCE, kind: str = "ours",
             is_demo: bool = True, annotations: dict[str, list[float]] | None = None, se: float | None = 1.0,
-            label: str | None = None) -> Path:
+            label: str | None = None, model: str | None = None) -> Path:
     """One row: ``values`` = {lang: (wr, lc)}; ``annotations`` = {lang: per-instruction preferences}."""
     per_lang = {lang: {"metrics": synthetic_metrics(wr, lc, se=se, annotator=annotator, reference=reference),
                        "annotations": synthetic_annotations(annotations[lang]) if annotations else None,
                        "model_outputs": None}
                 for lang, (wr, lc) in values.items()}
-    meta = {"row_id": row_id, "model": f"model-{row_id}", "run": run, "iteration": iteration,
+    meta = {"row_id": row_id, "model": model or f"model-{row_id}", "run": run, "iteration": iteration,
             "label": label or row_id, "kind": kind, "annotator": annotator, "annotator_is_demo": is_demo,
             "reference": reference, "source": "tests/results_fixtures.py", "created": "2025-01-01T00:00:00+00:00"}
     return write_row(results_dir, meta, per_lang)

@@ -462,7 +462,7 @@ def test_score_accepts_a_byte_order_mark(tmp_path, capsys):
     assert [(r["lang"], r["id"], r["sample_index"]) for r in scored] == [("es", "p1", 0), ("es", "p1", 1)]
     # The same model as policy and reference: every implicit reward is exactly 0.
     assert [r["reward"] for r in scored] == [0.0, 0.0]
-    assert files_under(ws.out) == [ws.out / "scored.jsonl"]
+    assert files_under(ws.out) == [ws.out / "scored.jsonl", ws.out / "scored.jsonl.options.json"]
 
 
 # -- end to end: a fresh interpreter, as a user runs it ------------------------------------------------------

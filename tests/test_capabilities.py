@@ -93,7 +93,7 @@ def test_cli_writes_scores_into_a_row_and_the_leaderboard_shows_them(tmp_path, c
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     results = tmp_path / "results"
-    add_row(results, "demo-iter1", {"en": (14.0, 12.0), "es": (11.0, 9.5)}, iteration=1)
+    add_row(results, "demo-iter1", {"en": (14.0, 12.0), "es": (11.0, 9.5)}, iteration=1, model=str(model_dir))
     out = tmp_path / "caps.json"
     main(["--seed", "1", "capabilities", "--suite", "lm-eval", "--model", str(model_dir), "--tasks", TOY,
           "--include-path", str(TASKS), "--limit", "6", "--batch-size", "8",

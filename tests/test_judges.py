@@ -19,8 +19,9 @@ from harness.judges.loading import load_judge, load_judge_config
 from xlpref.data import default_data_dir
 from xlpref.errors import InputError
 
-ADDED_SENTENCE = ("A good output is written in the language of the instruction, unless the instruction explicitly "
-                  "asks for a different language.")
+SECRET = "sk-test-NEVER-WRITTEN-4f1c"
+ADDED_SENTENCE = ("A good output should be in the same language as the instruction, except when the instruction "
+                  "explicitly requests the output in a different language.")
 
 
 def api_judge(server: FakeOpenAIServer, **overrides):
@@ -34,7 +35,8 @@ def test_template_is_alpaca_eval_prompt_plus_one_sentence():
                 / "alpaca_eval_clf.txt").read_text()
     ours = load_judge_config("weighted_gpt4_turbo_multilingual").prompt_template
     assert ours.count(ADDED_SENTENCE) == 1
-    assert ours.replace(" " + ADDED_SENTENCE, "") == original
+    assert ours.replace(ADDED_SENTENCE + " ", "") == original
+    assert "## Task\n\n" + ADDED_SENTENCE + " Evaluate the models" in ours
 
 
 def test_round_trip_known_logprobs(api_key):

@@ -27,7 +27,6 @@ from xlpref.lidr import (
 )
 from xlpref.models import build_tiny_model
 from xlpref.registry import resolve
-from xlpref.reward import TRANSLATION_INSTRUCTION as ENGLISH_TRANSLATION_INSTRUCTION
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS_DIR = MINI_DIR / "train_prompts" / "mini"
@@ -130,8 +129,9 @@ def test_bad_inputs_to_pair_construction():
     assert [r.lang for r in translation_requests([CAT], ["es"], ANSWERS, has_english=False)] == ["es"]
 
 
-def test_translation_instruction_matches_the_translate_to_english_reward():
-    assert translation_instruction("Hola.", "en") == ENGLISH_TRANSLATION_INSTRUCTION.format(response="Hola.")
+def test_translation_instruction_names_the_target_language():
+    assert translation_instruction("Hola.", "en") == \
+        "Translate the following text into English. Output only the translation.\n\nHola."
     assert translation_instruction("Hi.", "de").startswith("Translate the following text into German.")
 
 

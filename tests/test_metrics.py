@@ -19,7 +19,7 @@ from harness.cli import main
 from harness.metrics.annotations import load_annotations, preferences_by_id
 from harness.metrics.bootstrap import paired_bootstrap, paired_bootstrap_average
 from harness.metrics.difficulty import fit_instruction_difficulty, load_instruction_difficulty
-from harness.metrics.length_controlled import length_controlled_winrate
+from harness.metrics.length_controlled import length_controlled_fit, length_controlled_winrate
 from harness.metrics.winrate import WINRATE_COLUMNS, compute_metrics, winrate_metrics
 from xlpref.data import default_data_dir
 from xlpref.errors import InputError
@@ -135,8 +135,16 @@ def test_lc_equals_alpaca_eval_get_length_controlled_winrate_with_local_download
                                                                is_warn_extreme_changes=False)
         assert download.called
         ours = compute_metrics(annotations, instruction_difficulty=table, gamed_annotations=gamed_annotations)
-        assert ours["length_controlled_winrate"] == pytest.approx(theirs["length_controlled_winrate"], abs=1e-6)
-        assert ours["lc_standard_error"] == pytest.approx(theirs["lc_standard_error"], abs=1e-6)
+        fit = length_controlled_fit(annotations, instruction_difficulty=table, gamed_annotations=gamed_annotations)
+        assert fit["length_controlled_winrate"] == pytest.approx(theirs["length_controlled_winrate"], abs=1e-6)
+        assert fit["lc_standard_error"] == pytest.approx(theirs["lc_standard_error"], abs=1e-6)
+        if table is None:  # no per-instruction term: alpaca-eval's SE is 0, so no estimate is reported
+            assert theirs["lc_standard_error"] == pytest.approx(0, abs=1e-9)
+            assert ours["length_controlled_winrate"] is None
+            assert "zero standard error" in ours["lc_not_estimable"]
+        else:
+            assert ours["length_controlled_winrate"] == fit["length_controlled_winrate"]
+            assert "lc_not_estimable" not in ours
         assert ours["lc_gamed_regularisation"] is (gamed_annotations is not None)
         assert ours["lc_difficulty"] == ("official-csv" if table is not None else "none")
         for name in ("win_rate", "standard_error", "n_wins", "n_total", "discrete_win_rate"):
@@ -146,7 +154,7 @@ def test_lc_equals_alpaca_eval_get_length_controlled_winrate_with_local_download
 def test_lc_recovers_a_hand_checked_glm_without_difficulty():
     # P(model wins) = logistic(logit(0.30) - 1.5 tanh(std_delta_len)): at equal lengths it wins 30% of the time
     annotations = glm_annotations(805, intercept=np.log(0.3 / 0.7), slope=-1.5, seed=1)
-    result = length_controlled_winrate(annotations)
+    result = length_controlled_fit(annotations)
     win_rate = winrate_metrics(annotations)["win_rate"]
     assert win_rate > 40  # the longer model's raw win rate is inflated by length
     assert result["length_controlled_winrate"] == pytest.approx(30.0, abs=0.05)
@@ -167,7 +175,7 @@ def test_lc_recovers_a_hand_checked_glm_with_difficulty():
 def test_lc_equals_win_rate_when_preference_ignores_length():
     rng = np.random.default_rng(4)
     annotations = synthetic_annotations(np.full(300, 1.7), rng.integers(10, 900, 300), rng.integers(10, 900, 300))
-    assert length_controlled_winrate(annotations)["length_controlled_winrate"] == pytest.approx(70.0, abs=0.01)
+    assert length_controlled_fit(annotations)["length_controlled_winrate"] == pytest.approx(70.0, abs=0.01)
 
 
 def test_lc_uses_ids_for_the_difficulty_index_and_rejects_unknown_ones():
@@ -183,8 +191,7 @@ def test_lc_uses_ids_for_the_difficulty_index_and_rejects_unknown_ones():
     with_ids[0]["id"] = 41  # index 40: not in a 40-row table
     with pytest.raises(InputError, match="not in the difficulty table"):
         length_controlled_winrate(with_ids, instruction_difficulty=difficulty)
-    with pytest.raises(InputError, match="at least 5"):
-        length_controlled_winrate(annotations[:4])
+    assert "at least 5" in length_controlled_winrate(annotations[:4])["lc_not_estimable"]
 
 
 def test_load_instruction_difficulty_labels_and_errors(tmp_path):
@@ -301,7 +308,7 @@ def _write(path: Path, records) -> Path:
 
 def test_cli_metrics_json_prints_one_object_with_alpacaeval_columns(tmp_path, capsys):
     annotations = _write(tmp_path / "a.json", glm_annotations(100, intercept=-0.5, slope=-1.0, seed=10))
-    assert _run(["metrics", str(annotations), "--json"]) == 0
+    assert _run(["metrics", str(annotations), "--no-instruction-difficulty", "--json"]) == 0
     out = capsys.readouterr().out
     result = json.loads(out)  # exactly one JSON object, nothing else
     for name in (*WINRATE_COLUMNS, "length_controlled_winrate", "lc_standard_error", "lc_difficulty",
@@ -309,6 +316,7 @@ def test_cli_metrics_json_prints_one_object_with_alpacaeval_columns(tmp_path, ca
         assert name in result, name
     assert result["lc_difficulty"] == "none" and result["lc_gamed_regularisation"] is False
     assert result["reference"] == "reference" and result["annotator"] == "judge"
+    assert result["length_controlled_winrate"] is None and "zero standard error" in result["lc_not_estimable"]
 
 
 def test_cli_difficulty_then_metrics_with_the_fitted_table(tmp_path, capsys):

@@ -118,13 +118,14 @@ def test_conditioning_strings():
     assert TranslateToEnglishReward().conditioning(sample(lang="th")) == "Write a short poem about the sea."
 
 
-def test_score_records_matches_hand_computation_without_end_of_turn(models):
+def test_score_records_over_the_response_span_matches_hand_computation(models):
     policy, reference, tokenizer = models
     records = [sample(index=k, response=text) for k, text in enumerate(RESPONSES[:3])] + [sample(lang="en", id_=2)]
-    scored = score_records(records, policy, reference, tokenizer, "cross-lingual", progress=False)
+    scored = score_records(records, policy, reference, tokenizer, "cross-lingual", progress=False,
+                           token_span="response")
     for record, out in zip(records, scored):
         assert out == {**record, **{k: out[k] for k in ("reward", "logp_policy", "logp_reference",
-                                                        "n_response_tokens", "reward_type")}}
+                                                        "n_response_tokens", "reward_type", "token_span")}}
         conditioning = CrossLingualReward().conditioning(record)
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": conditioning}],
                                                add_generation_prompt=True, tokenize=True)["input_ids"]
@@ -134,34 +135,12 @@ def test_score_records_matches_hand_computation_without_end_of_turn(models):
         expected = hand_logprob(policy, prompt, response) - hand_logprob(reference, prompt, response)
         assert out["reward"] == pytest.approx(expected, abs=1e-5)
         assert out["reward_type"] == "cross-lingual"
-    multilingual = score_records(records[:1], policy, reference, tokenizer, "multilingual", progress=False)
+    multilingual = score_records(records[:1], policy, reference, tokenizer, "multilingual", progress=False,
+                                 token_span="response")
     prompt = prompt_token_ids(tokenizer, records[0]["prompt"])
     response = response_token_ids(tokenizer, records[0]["response"])
     expected = hand_logprob(policy, prompt, response) - hand_logprob(reference, prompt, response)
     assert multilingual[0]["reward"] == pytest.approx(expected, abs=1e-5)
-
-
-def test_translate_to_english_scores_the_translation():
-    # tiny Gemma 3 (seed 1) greedily answers with visible text; tiny Llama answers with blank lines only
-    policy, tokenizer = build_tiny_model("tiny-random-gemma3", seed=1)
-    reference, _ = build_tiny_model("tiny-random-gemma3", seed=2)
-    reward = TranslateToEnglishReward(max_new_tokens=6)
-    records = [sample(response="Hola"), sample(index=1, translation="The sea is calm today.")]
-    scored = score_records(records, policy, reference, tokenizer, reward, progress=False)
-    # The translation is the policy's greedy answer to the documented instruction.
-    instruction = "Translate the following text into English. Output only the translation.\n\nHola"
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], add_generation_prompt=True,
-                                           tokenize=True, return_tensors="pt")
-    greedy = policy.generate(**inputs, do_sample=False, max_new_tokens=6)[0, inputs["input_ids"].shape[1]:]
-    expected_translation = tokenizer.decode(greedy, skip_special_tokens=True).strip()
-    assert scored[0]["translation"] == expected_translation and expected_translation
-    assert scored[1]["translation"] == "The sea is calm today."  # a given translation is kept
-    prompt = prompt_token_ids(tokenizer, "Write a short poem about the sea.")
-    for out in scored:
-        response = response_token_ids(tokenizer, out["translation"])
-        expected = hand_logprob(policy, prompt, response) - hand_logprob(reference, prompt, response)
-        assert out["reward"] == pytest.approx(expected, abs=1e-5)
-        assert out["n_response_tokens"] == len(response)
 
 
 def test_bad_input_is_an_input_error(models):

@@ -8,10 +8,10 @@ prompt (the same id in English and in each target language L):
    user turn of its chat template (the authors' decoding).
 2. It translates its English answer into L and its L answer into English: greedy, repetition
    penalty 1.0 (the authors' translation script does not pass its 1.1 on; a penalty would also punish
-   copying names and numbers from the source), with :data:`TRANSLATION_INSTRUCTION`, which for
-   English is exactly the ``translate-to-english`` reward's instruction. The authors primed the answer
-   with a ``<translated>`` tag and parsed it back; our sampler answers plain chat turns, so the
-   instruction asks for the translation only.
+   copying names and numbers from the source), with :data:`TRANSLATION_INSTRUCTION`. The authors primed
+   the answer with a ``<translated>`` tag and parsed it back; our sampler answers plain chat turns, so
+   the instruction asks for the translation only (the ``translate-to-english`` reward, in
+   :mod:`xlpref.reward`, does use the ICR authors' primed prompt).
 3. Pairs (:func:`build_lidr_pairs`), for every target L:
    English: chosen = the English answer, rejected = the English translation of the L answer;
    L: chosen = the L translation of the English answer, rejected = the L answer.

@@ -18,6 +18,9 @@ Decisions (METHOD.md step 3, made exact):
   pair never wins); the smallest alpha of the minimum wins (exact ties: integer sums divided by
   integer counts are correctly rounded). Computed with numpy over (alphas x groups x candidates).
   ``length_control=False`` means alpha = 0.
+- Records scored with the ``translate-to-english`` reward in English make no pair (the authors'
+  ``generate_preference_pair.py`` skips English under that reward: its translation is the response
+  itself); their groups are counted as ``skipped_english_translate``.
 - A pair: ``id``, ``lang``, ``prompt`` (the target-language instruction of the samples),
   ``chosen``, ``rejected``, ``chosen_reward``, ``rejected_reward`` (raw rewards), ``alpha``; pairs come in
   the order their group first appears in the input. The summary per language: ``pairs``, the three
@@ -164,11 +167,18 @@ def build_pairs(records: list[dict], *, length_control: bool = True, alpha_step:
     if upper_bound is not None and not is_finite_number(upper_bound):
         raise InputError(f"got {upper_bound!r}; expected a finite number", field="upper_bound")
     alphas = alpha_grid(alpha_step) if length_control else np.zeros(1)
+    is_skipped_english = [r["lang"] == "en" and r.get("reward_type") == "translate-to-english" for r in records]
+    skipped_english = len({(r["lang"], r["id"]) for r, skip in zip(records, is_skipped_english) if skip})
+    records = [r for r, skip in zip(records, is_skipped_english) if not skip]
     rewards = [float(r["reward"]) for r in records]
     lengths = [len(r["response"]) for r in records]
     groups = _group_records(records)
     summary: dict[str, dict] = {}
     pair_of_group: dict[tuple, dict] = {}
+    if skipped_english and "en" not in {key[0] for key in groups}:
+        summary["en"] = {"pairs": 0, "skipped_few_distinct": 0, "skipped_equal_rewards": 0, "skipped_upper_bound": 0,
+                         "skipped_english_translate": skipped_english, "alpha": 0.0, "mean_len_chosen": None,
+                         "mean_len_rejected": None}
     for lang in dict.fromkeys(key[0] for key in groups):
         counts = {"pairs": 0, "skipped_few_distinct": 0, "skipped_equal_rewards": 0, "skipped_upper_bound": 0}
         eligible = []
@@ -199,6 +209,8 @@ def build_pairs(records: list[dict], *, length_control: bool = True, alpha_step:
             }
         made = [pair_of_group[k] for k in eligible if k in pair_of_group]
         counts["pairs"] = len(made)
+        if lang == "en" and skipped_english:
+            counts["skipped_english_translate"] = skipped_english
         summary[lang] = {
             **counts, "alpha": alpha,
             "mean_len_chosen": float(np.mean([len(p["chosen"]) for p in made])) if made else None,
@@ -222,6 +234,9 @@ def render_pairs_summary(summary: dict[str, dict]) -> Any:
         table.add_row(lang, str(row["pairs"]), str(row["skipped_few_distinct"]), str(row["skipped_equal_rewards"]),
                       str(row["skipped_upper_bound"]), f"{row['alpha']:g}", length(row["mean_len_chosen"]),
                       length(row["mean_len_rejected"]))
+    english = sum(row.get("skipped_english_translate", 0) for row in summary.values())
+    if english:
+        table.caption = f"{english} English groups make no pair under the translate-to-english reward (as the authors')"
     return table
 
 
@@ -230,14 +245,15 @@ def render_pairs_summary(summary: dict[str, dict]) -> Any:
 class ImplicitRewardAnnotator:
     """Registry annotator ``implicit-reward``: score samples with the implicit reward, then build pairs.
 
-    Settings (from the run config's ``annotator`` block, or any object with these attributes, and/or keywords): ``reward``,
-    ``length_control``, ``alpha_step``, ``upper_bound``, ``max_batch_tokens`` and ``max_new_tokens``
-    (translations, for ``translate-to-english``; the scoring policy translates).
+    Settings (from an the run config's ``annotator`` block, or any object with these attributes, and/or keywords): ``reward``,
+    ``token_span`` (:data:`xlpref.reward.TOKEN_SPANS`), ``length_control``, ``alpha_step``, ``upper_bound``,
+    ``max_batch_tokens`` and ``translation_max_new_tokens`` (for ``translate-to-english``; the scoring
+    policy translates).
     """
 
     name = "implicit-reward"
     DEFAULTS: ClassVar[dict[str, Any]] = {"reward": "cross-lingual", "length_control": True, "alpha_step": 0.001, "upper_bound": None,
-                "max_batch_tokens": 4096, "max_new_tokens": 1024}
+                "max_batch_tokens": 4096, "translation_max_new_tokens": 8192, "token_span": "authors"}
 
     def __init__(self, config: Any = None, *, seed: int = 0, console: Any = None, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.DEFAULTS))
@@ -269,12 +285,13 @@ class ImplicitRewardAnnotator:
             check_same_tokenizer(policy_tokenizer, reference_tokenizer)
         reward = make_reward_function(self.settings["reward"])
         if hasattr(reward, "max_new_tokens"):
-            reward.max_new_tokens = self.settings["max_new_tokens"]
+            reward.max_new_tokens = self.settings["translation_max_new_tokens"]
         log = None
         if store is not None:
             log = store.record_log(f"{stage_dir}/scored" if stage_dir else "scored", key=SCORE_KEY)
         scored = score_records(samples, policy_model, reference_model, policy_tokenizer, reward, log=log,
-                               progress=progress, max_batch_tokens=self.settings["max_batch_tokens"])
+                               progress=progress, max_batch_tokens=self.settings["max_batch_tokens"],
+                               token_span=self.settings["token_span"])
         result = build_pairs(scored, length_control=self.settings["length_control"],
                              alpha_step=self.settings["alpha_step"], upper_bound=self.settings["upper_bound"])
         if self.console is not None:

@@ -5,21 +5,37 @@ Decisions (METHOD.md step 2, made exact):
 - Token ids, from the policy's tokenizer (policy and reference must share it):
   ``prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": conditioning}],
   add_generation_prompt=True, tokenize=True)["input_ids"]`` (transformers 5 returns a BatchEncoding)
-  and ``response_ids = tokenizer(text, add_special_tokens=False).input_ids``. Only response tokens
-  count; prompt and padding add nothing; no end-of-turn token is appended, so none is counted.
-- ``reward`` = sum over response positions of ``log p_policy - log p_reference`` (no mean, no beta);
+  and ``response_ids = tokenizer(text, add_special_tokens=False).input_ids``; prompt and padding add
+  nothing.
+- Which tokens count (``token_span``, :data:`TOKEN_SPANS`), with y_1..y_m the response and EOT the
+  token the chat template closes an assistant turn with (:func:`end_of_turn_token_id`):
+  ``authors`` (the default) = y_2..y_m + EOT, what the authors' ``compute_reward_score.py`` sums (it
+  scores prompt + response + EOT as one right-padded row and multiplies the shifted label
+  log-probabilities by the *unshifted* response mask, so y_1 is never counted and EOT always is,
+  also after a response cut at the token limit; an empty response counts nothing). Kept as the
+  default so the paper's pairs and numbers are reproduced; the off-by-one barely moves a reward
+  (one token of hundreds) but it does move near-ties, see docs/fidelity.md.
+  ``response`` = y_1..y_m; ``response+eot`` = y_1..y_m + EOT (DPO's own definition: the trained
+  completion ends with the end-of-turn token). For ``authors``, log p(y_1) is scored as a one-token
+  item under the same prompt and subtracted: putting y_1 into the prompt instead would split each
+  prompt's responses by their first token and encode the prompt up to n times.
+- ``reward`` = sum over the counted positions of ``log p_policy - log p_reference`` (no mean, no beta);
   the log-probabilities come from :func:`xlpref.logprobs.paired_response_logprobs` (fp32, float64 sums;
   both models on one pass plan).
   When policy and reference are the same object the reference pass is skipped: reward 0.
 - Conditioning (:class:`RewardFunction`, registry kind ``reward``):
   ``cross-lingual`` = METHOD.md's prefix with the English language name + ``prompt_en``, plain
   ``prompt_en`` for ``en``; ``multilingual`` = ``prompt``; ``translate-to-english`` = the policy first
-  translates the response greedily (:data:`TRANSLATION_INSTRUCTION`, the hf sampler at temperature 0;
-  field ``translation``), then the translation, being English, is scored under the plain ``prompt_en``
-  (the cross-lingual conditioning of an English text; METHOD.md: "scores the translation under the
-  English instruction"; the authors' code conditions it on the plain instruction too).
+  translates the response as the authors do (:data:`TRANSLATION_INSTRUCTION` with ``lang`` = English
+  as the user turn of its chat template, the assistant turn primed with :data:`TRANSLATION_PRIMER`,
+  greedy, at most 8192 new tokens, the text up to :data:`TRANSLATION_END` kept, surrounding
+  whitespace stripped; field ``translation``), then the translation, being English, is scored under
+  the plain ``prompt_en`` (METHOD.md: "scores the translation under the English instruction"; the
+  authors' code conditions it on the plain instruction too). English responses are not translated
+  (their translation is the response), and :func:`xlpref.pairs.build_pairs` makes no English pair
+  from them (the authors' ``generate_preference_pair.py`` skips English under this reward).
 - Output: the input record plus ``reward``, ``logp_policy``, ``logp_reference``, ``n_response_tokens``
-  (the scored token count; it replaces a sampler's count) and ``reward_type``.
+  (the counted token count; it replaces a sampler's count), ``reward_type`` and ``token_span``.
 - Resumable: with a :class:`xlpref.records.RecordLog` keyed ``(lang, id, sample_index)``, records already
   scored are kept, new ones are appended block by block and the log is finished in input order.
   Blocks (whole prompt groups) are planned from the full record list; a block with a missing record
@@ -49,7 +65,10 @@ from xlpref.languages import LANGUAGE_NAMES, cross_lingual_instruction
 from xlpref.logprobs import Item, paired_response_logprobs, response_logprobs
 
 __all__ = [
+    "TOKEN_SPANS",
+    "TRANSLATION_END",
     "TRANSLATION_INSTRUCTION",
+    "TRANSLATION_PRIMER",
     "CrossLingualReward",
     "MultilingualReward",
     "RewardFunction",
@@ -57,13 +76,16 @@ __all__ = [
     "TranslateToEnglishReward",
     "check_same_tokenizer",
     "check_sample_record",
+    "end_of_turn_token_id",
     "implicit_rewards",
     "make_reward_function",
     "prompt_token_ids",
     "response_logprobs",
     "response_token_ids",
     "score_records",
+    "span_rewards",
     "translate_to_english",
+    "translation_prompt",
 ]
 
 
@@ -124,10 +146,82 @@ def implicit_rewards(policy: Any, reference: Any, items: list[Item], **kw: Any) 
     return scores
 
 
+# -- which tokens count ----------------------------------------------------------------------------
+
+#: ``authors`` = y_2..y_m + EOT (the authors' code; the default), ``response`` = y_1..y_m,
+#: ``response+eot`` = y_1..y_m + EOT (DPO's completion).
+TOKEN_SPANS = ("authors", "response", "response+eot")
+DEFAULT_TOKEN_SPAN = "authors"
+_TURN_MARKER = "XLPREF-ASSISTANT-TURN-CONTENT"
+
+
+def end_of_turn_token_id(tokenizer: Any) -> int:
+    """The token the chat template puts right after an assistant turn's content, else the tokenizer's eos.
+
+    Found by rendering a one-turn chat and tokenizing what follows the assistant's text
+    (``<end_of_turn>`` for Gemma, ``<|eot_id|>`` for Llama 3).
+    """
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"},
+                                              {"role": "assistant", "content": _TURN_MARKER}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template without an assistant role: the eos fallback below
+        text = ""
+    if isinstance(text, str) and _TURN_MARKER in text:
+        tail = text[text.index(_TURN_MARKER) + len(_TURN_MARKER):]
+        ids = tokenizer(tail, add_special_tokens=False).input_ids if tail.strip() else []
+        if ids:
+            return int(ids[0])
+    if tokenizer.eos_token_id is None:
+        raise InputError("the tokenizer's chat template closes no assistant turn and it has no eos token; expected "
+                         "one of them to end a scored response", field="token_span")
+    return int(tokenizer.eos_token_id)
+
+
+def check_token_span(token_span: str) -> str:
+    if token_span not in TOKEN_SPANS:
+        raise InputError(f"unknown token span {token_span!r}; expected one of {list(TOKEN_SPANS)}", field="token_span")
+    return token_span
+
+
+def span_rewards(policy: Any, reference: Any, pairs: list[Item], token_span: str = DEFAULT_TOKEN_SPAN, *,
+                 end_of_turn: int | None = None, **kw: Any) -> list[RewardScore]:
+    """Implicit rewards of (prompt ids, response ids) over the tokens ``token_span`` counts.
+
+    ``end_of_turn`` (the EOT id) is needed for ``authors`` and ``response+eot``; ``kw`` goes to
+    :func:`implicit_rewards`. ``n_response_tokens`` is the number of counted tokens.
+    """
+    check_token_span(token_span)
+    if token_span == "response":
+        return implicit_rewards(policy, reference, pairs, **kw)
+    if end_of_turn is None:
+        raise InputError(f"token span {token_span!r} needs the end-of-turn token id", field="token_span")
+    items = [(prompt, [*response, end_of_turn]) for prompt, response in pairs]
+    if token_span == "response+eot":
+        return implicit_rewards(policy, reference, items, **kw)
+    # authors: y_2..y_m + EOT = (y_1..y_m + EOT) - y_1; nothing for an empty response (its mask is all zero).
+    firsts = [(prompt, response[:1]) for prompt, response in pairs]
+    scores = implicit_rewards(policy, reference, items + firsts, **kw)
+    out = []
+    for (_, response), whole, first in zip(pairs, scores[: len(pairs)], scores[len(pairs):]):
+        if not response:
+            out.append(RewardScore(reward=0.0, logp_policy=0.0, logp_reference=0.0, n_response_tokens=0))
+            continue
+        lp, lr = whole.logp_policy - first.logp_policy, whole.logp_reference - first.logp_reference
+        out.append(RewardScore(reward=lp - lr, logp_policy=lp, logp_reference=lr, n_response_tokens=len(response)))
+    return out
+
+
 # -- what a response is conditioned on ------------------------------------------------------------
 
-#: The instruction the policy answers to translate a response for the translate-to-english reward.
-TRANSLATION_INSTRUCTION = "Translate the following text into English. Output only the translation.\n\n{response}"
+#: The user turn that asks the policy for a translation (the authors' text; ``lang`` = English, ``text`` = the response).
+TRANSLATION_INSTRUCTION = ("Please translate the following sentences into {lang}. The input sentences are wrapped by "
+                           "<sentence> and </sentence>:\n\n<sentence>\n{text}\n</sentence>\n\nThe translated result "
+                           "should be wrapped by <translated> and </translated>.\n")
+#: The start of the assistant turn the translation continues, and the tag that ends it.
+TRANSLATION_PRIMER = "<translated>\n"
+TRANSLATION_END = "</translated>"
+#: The authors' translation limit (greedy, new tokens).
+TRANSLATION_MAX_NEW_TOKENS = 8192
 
 
 class RewardFunction(Protocol):
@@ -170,13 +264,14 @@ class MultilingualReward:
 class TranslateToEnglishReward:
     """The ablation R_t: the policy's greedy English translation, under the English instruction.
 
-    Records that already carry a ``translation`` keep it (e.g. translations made elsewhere).
+    Records that already carry a ``translation`` keep it (e.g. translations made elsewhere); English
+    records are not translated.
     """
 
     name = "translate-to-english"
     required_fields = ("prompt_en", "response")
 
-    def __init__(self, *, max_new_tokens: int = 1024, batch_size: int = 8) -> None:
+    def __init__(self, *, max_new_tokens: int = TRANSLATION_MAX_NEW_TOKENS, batch_size: int = 8) -> None:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
 
@@ -186,37 +281,79 @@ class TranslateToEnglishReward:
     def scored_text(self, record: dict) -> str:
         return record["translation"]
 
-    def prepare(self, records: list[dict], policy: Any, tokenizer: Any, *, progress: bool = True) -> list[dict]:
-        """The records with a ``translation`` field, translated by ``policy`` where missing."""
-        todo = [i for i, r in enumerate(records) if not isinstance(r.get("translation"), str)]
-        texts = translate_to_english(policy, tokenizer, [records[i]["response"] for i in todo],
+    def prepare(self, records: list[dict], policy: Any, tokenizer: Any, *, progress: bool = True,
+                generate: Any = None) -> list[dict]:
+        """The records with a ``translation`` field, translated by ``policy`` where missing (see
+        :func:`translate_to_english` for ``generate``)."""
+        out = [{**r, "translation": r["response"]} if r["lang"] == "en" and not isinstance(r.get("translation"), str)
+               else r for r in records]
+        todo = [i for i, r in enumerate(out) if not isinstance(r.get("translation"), str)]
+        texts = translate_to_english(policy, tokenizer, [out[i]["response"] for i in todo],
                                      max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                                     progress=progress)
-        out = list(records)
+                                     progress=progress, generate=generate)
         for index, text in zip(todo, texts):
-            out[index] = {**records[index], "translation": text}
+            out[index] = {**out[index], "translation": text}
         return out
 
 
-def translate_to_english(model: Any, tokenizer: Any, texts: list[str], *, max_new_tokens: int = 1024,
-                         batch_size: int = 8, progress: bool = True) -> list[str]:
-    """Greedy English translations of ``texts`` by ``model`` (the hf sampler, temperature 0)."""
-    from xlpref.sampling import SampleRequest, SamplingParams, make_sampler
+def translation_prompt(tokenizer: Any, text: str, lang: str = "English") -> str:
+    """The text the policy continues to translate ``text``: the authors' user turn, then the primed assistant turn."""
+    turn = tokenizer.apply_chat_template([{"role": "user", "content": TRANSLATION_INSTRUCTION.format(lang=lang, text=text)}],
+                                         tokenize=False, add_generation_prompt=True)
+    return turn + TRANSLATION_PRIMER
 
-    wanted = [i for i, text in enumerate(texts) if text.strip()]  # an empty response translates to ""
-    if not wanted:
-        return [""] * len(texts)
-    requests = [SampleRequest(id=i, lang="en", prompt=TRANSLATION_INSTRUCTION.format(response=texts[i]),
-                              prompt_en=TRANSLATION_INSTRUCTION.format(response=texts[i])) for i in wanted]
-    params = SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    sampler = make_sampler("hf", (model, tokenizer))
+
+def cut_translation(continuation: str) -> str:
+    """The translation inside a continuation of :func:`translation_prompt`: the text before ``</translated>``."""
+    return continuation.split(TRANSLATION_END, 1)[0].strip()
+
+
+def hf_greedy_continuations(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, batch_size: int,
+                            progress: bool = True) -> list[str]:
+    """Greedy continuations of prompt texts (chat-template text, BOS included) by the hf sampler, stopped at
+    ``</translated>`` or the end of turn."""
+    from xlpref.sampling import HFSampler, SampleRequest, SamplingParams, advance, plan_batches, progress_bar
+
+    sampler = HFSampler((model, tokenizer))
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            stop=(TRANSLATION_END,))
+    # The template text already holds BOS where the model wants it: no special tokens added.
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+    out = [""] * len(prompts)
     try:
-        records = sampler.sample(requests, params, progress=progress)
+        with progress_bar(len(prompts), progress, "translating") as bar:
+            for batch in plan_batches([len(p) for p in ids], batch_size):
+                start = time.perf_counter()
+                requests = [SampleRequest(id=i, lang="en", prompt=prompts[i], prompt_en=prompts[i]) for i in batch]
+                records = sampler.generate_from_ids(requests, [ids[i] for i in batch], params)
+                for record in records:
+                    out[record["id"]] = record["response"]
+                advance(bar, len(batch), sum(r["n_response_tokens"] for r in records), time.perf_counter() - start)
     finally:
         sampler.close()
+    return out
+
+
+def translate_to_english(model: Any, tokenizer: Any, texts: list[str], *,
+                         max_new_tokens: int = TRANSLATION_MAX_NEW_TOKENS, batch_size: int = 8, progress: bool = True,
+                         generate: Any = None) -> list[str]:
+    """Greedy English translations of ``texts`` by ``model``, as the authors make them.
+
+    Args:
+        generate: ``generate(prompts, max_new_tokens=..., batch_size=..., progress=...) -> continuations``
+            (default: the hf sampler, greedy); it continues each :func:`translation_prompt` text.
+    """
+    wanted = [i for i, text in enumerate(texts) if text.strip()]  # an empty response translates to ""
     out = [""] * len(texts)
-    for record in records:
-        out[record["id"]] = record["response"]
+    if not wanted:
+        return out
+    if generate is None:
+        def generate(prompts: list[str], **kw: Any) -> list[str]:
+            return hf_greedy_continuations(model, tokenizer, prompts, **kw)
+    prompts = [translation_prompt(tokenizer, texts[i]) for i in wanted]
+    continuations = generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    for index, continuation in zip(wanted, continuations):
+        out[index] = cut_translation(continuation)
     return out
 
 
@@ -225,7 +362,7 @@ def translate_to_english(model: Any, tokenizer: Any, texts: list[str], *, max_ne
 #: The key of a scored record (the samples' key).
 SCORE_KEY = ("lang", "id", "sample_index")
 #: Fields :func:`score_records` adds to each sample record.
-SCORE_FIELDS = ("reward", "logp_policy", "logp_reference", "n_response_tokens", "reward_type")
+SCORE_FIELDS = ("reward", "logp_policy", "logp_reference", "n_response_tokens", "reward_type", "token_span")
 
 
 def make_reward_function(reward: str | RewardFunction) -> RewardFunction:
@@ -275,7 +412,8 @@ def _prompt_blocks(conditionings: list[str], sizes: list[int], block_size: int) 
     return blocks
 
 
-def _resume(records: list[dict], log: Any, reward_name: str) -> tuple[list[tuple], dict[tuple, dict]]:
+def _resume(records: list[dict], log: Any, reward_name: str,
+            token_span: str = DEFAULT_TOKEN_SPAN) -> tuple[list[tuple], dict[tuple, dict]]:
     """The records' keys and the log's finished records (checked for duplicates and reward type)."""
     keys = [tuple(r[k] for k in SCORE_KEY) for r in records]
     seen: set[tuple] = set()
@@ -288,6 +426,10 @@ def _resume(records: list[dict], log: Any, reward_name: str) -> tuple[list[tuple
         if record.get("reward_type") != reward_name:
             raise InputError(f"holds records scored with reward {record.get('reward_type')!r}; expected "
                              f"{reward_name!r} to resume, or another output path", path=where)
+        # Records written before spans were recorded counted the response's own tokens.
+        if record.get("token_span", "response") != token_span:
+            raise InputError(f"holds records scored over token span {record.get('token_span', 'response')!r}; "
+                             f"expected {token_span!r} to resume, or another output path", path=where)
     done = {log.key_of(r): r for r in log.records}
     if log.is_finished and not seen <= set(done):
         missing = next(k for k in keys if k not in done)
@@ -298,8 +440,9 @@ def _resume(records: list[dict], log: Any, reward_name: str) -> tuple[list[tuple
 
 def score_records(records: list[dict], policy: Any, reference: Any, tokenizer: Any,
                   reward: str | RewardFunction = "cross-lingual", *, log: Any = None, progress: bool = True,
-                  max_batch_tokens: int = 4096) -> list[dict]:
-    """Each sample record plus ``reward``, ``logp_policy``, ``logp_reference``, ``n_response_tokens``, ``reward_type``.
+                  max_batch_tokens: int = 4096, token_span: str = DEFAULT_TOKEN_SPAN) -> list[dict]:
+    """Each sample record plus ``reward``, ``logp_policy``, ``logp_reference``, ``n_response_tokens``,
+    ``reward_type`` and ``token_span``.
 
     Work goes in blocks of whole prompt groups planned from the full record list, so a resumed run
     prepares (translates) and scores the same blocks as an uninterrupted one; a block with any
@@ -307,6 +450,7 @@ def score_records(records: list[dict], policy: Any, reference: Any, tokenizer: A
 
     Args:
         reward: a registered reward name or a :class:`RewardFunction`.
+        token_span: which tokens count (:data:`TOKEN_SPANS`; ``authors`` by default).
         log: a :class:`xlpref.records.RecordLog` keyed ``lang, id, sample_index`` to resume from and append to.
 
     Raises:
@@ -317,10 +461,12 @@ def score_records(records: list[dict], policy: Any, reference: Any, tokenizer: A
     reward_fn = make_reward_function(reward)
     for index, record in enumerate(records):
         check_sample_record(record, reward_fn, index=index, needs_key=log is not None)
-    keys, done = _resume(records, log, reward_fn.name) if log is not None else ([], {})
+    check_token_span(token_span)
+    keys, done = _resume(records, log, reward_fn.name, token_span) if log is not None else ([], {})
     if log is not None and log.is_finished:
         return [done[k] for k in keys]
     conditionings = [reward_fn.conditioning(r) for r in records]
+    end_of_turn = None if token_span == "response" else end_of_turn_token_id(tokenizer)
     blocks = _prompt_blocks(conditionings, [len(r["response"]) for r in records], block_size=16 * max_batch_tokens)
     missing = [[i for i in block if log is None or keys[i] not in done] for block in blocks]
     prompt_ids: dict[str, list[int]] = {}  # each prompt is tokenized once for all its responses
@@ -343,10 +489,11 @@ def score_records(records: list[dict], policy: Any, reference: Any, tokenizer: A
                     prompt_ids[conditionings[i]] = prompt_token_ids(tokenizer, conditionings[i])
             items = [(prompt_ids[conditionings[i]], response_token_ids(tokenizer, reward_fn.scored_text(ready[i])))
                      for i in block]
-            block_scores = dict(zip(block, implicit_rewards(policy, reference, items, max_batch_tokens=max_batch_tokens)))
+            block_scores = dict(zip(block, span_rewards(policy, reference, items, token_span, end_of_turn=end_of_turn,
+                                                        max_batch_tokens=max_batch_tokens)))
             scores = [block_scores[i] for i in todo]
             out = [{**ready[i], "reward": s.reward, "logp_policy": s.logp_policy, "logp_reference": s.logp_reference,
-                    "n_response_tokens": s.n_response_tokens, "reward_type": reward_fn.name}
+                    "n_response_tokens": s.n_response_tokens, "reward_type": reward_fn.name, "token_span": token_span}
                    for i, s in zip(todo, scores)]
             if log is not None:
                 log.append(out)

@@ -254,6 +254,11 @@ class HFSampler:
                 out.extend(new)
         return in_request_order(out, requests)
 
+    def generate_from_ids(self, requests: Sequence[SampleRequest], prompt_ids: Sequence[Sequence[int]],
+                          params: SamplingParams, seed: int = 0) -> list[dict]:
+        """Records for one batch whose prompts are given as token ids (e.g. an assistant turn already begun)."""
+        return self._generate(list(requests), [list(p) for p in prompt_ids], params, seed)
+
     def _generate(self, batch: list[SampleRequest], prompt_ids: list[list[int]], params: SamplingParams,
                   seed: int) -> list[dict]:
         import torch

@@ -56,6 +56,8 @@ def _read_samples(path: Path, reward: str) -> list[dict]:
 @click.option("--reference", default=None, help="implicit-reward: pi_ref (same tokenizer as the policy).")
 @click.option("--reward", type=click.Choice(names("reward")),
               default="cross-lingual", show_default=True, help="implicit-reward: the conditioning.")
+@click.option("--token-span", type=click.Choice(["authors", "response", "response+eot"]), default="authors",
+              show_default=True, help="implicit-reward: tokens summed (see `xlpref score --help`).")
 @click.option("--no-length-control", is_flag=True, help="implicit-reward: alpha = 0.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
               help="Generated tokens per answer / translation (default: the annotator's).")
@@ -65,10 +67,10 @@ def _read_samples(path: Path, reward: str) -> list[dict]:
               help="Resumable intermediate records (default: PAIRS.work/ beside the output).")
 @click.pass_obj
 def annotate(obj, annotator_name: str, policy: str, prompts_path: Path | None, langs: str | None, limit: int | None,
-             samples_path: Path | None, reference: str | None, reward: str, no_length_control: bool,
+             samples_path: Path | None, reference: str | None, reward: str, token_span: str, no_length_control: bool,
              max_new_tokens: int | None, batch_size: int | None, output: Path, work_dir: Path | None) -> None:
     """Build preference pairs with the annotator ANNOTATOR and write PAIRS.jsonl + PAIRS.summary.json."""
-    from harness.store import RunStore
+    from harness.store import RunStore, check_output_options, record_output_options
     from xlpref.errors import InputError
     from xlpref.jsonio import write_json_atomic, write_jsonl_atomic
     from xlpref.languages import parse_languages
@@ -103,10 +105,19 @@ def annotate(obj, annotator_name: str, policy: str, prompts_path: Path | None, l
         if batch_size is not None:
             raise InputError("--batch-size is a lidr option; implicit-reward batches by --max-new-tokens "
                              "and its token budget", field="--batch-size")
-        options |= {"reward": reward, "length_control": not no_length_control}
+        if "max_new_tokens" in options:  # implicit-reward generates only translations (translate-to-english)
+            options["translation_max_new_tokens"] = options.pop("max_new_tokens")
+        options |= {"reward": reward, "token_span": token_span, "length_control": not no_length_control}
         inputs = {"samples": _read_samples(samples_path, reward), "reference": reference}
     annotator = annotator_cls(None, seed=global_seed(obj), console=console, **options)
     store = RunStore(work_dir or output.with_name(output.stem + ".work"))
+    # The work folder's records were made with the options recorded beside the output; resume only with those.
+    resolved = check_output_options(output, {"annotator": annotator_name, "policy": policy, "reference": reference,
+                                  "samples": str(samples_path.resolve()) if samples_path else None,
+                                  "prompts": str(prompts_path.resolve()) if prompts_path else None, "langs": langs,
+                                  "limit": limit, **options},
+                         has_work=any(p.is_file() for p in store.root.rglob("*.jsonl")))
+    record_output_options(output, resolved)
     result = annotator.annotate(policy=policy, store=store, **inputs)
     summary_path = output.with_name(output.stem + ".summary.json")
     write_jsonl_atomic(output, result.pairs)

@@ -44,6 +44,19 @@ def render_scores(scores: Mapping[str, Mapping[str, Any]], *, title: str) -> Tab
     return table
 
 
+def is_rows_model(row: Any, model_spec: str) -> bool:
+    """Whether ``model_spec`` names the model a results row was evaluated on.
+
+    A row records its model as given (a spec, a folder) or, for a run's own checkpoints, relative to
+    the run folder (``iter_0/model``); such a folder is the row's when it is ``<...>/<run>/iter_0/model``.
+    """
+    if model_spec == row.model:
+        return True
+    recorded, given = Path(row.model).parts, Path(model_spec).resolve().parts
+    return (not Path(row.model).is_absolute() and row.run is not None and len(given) > len(recorded)
+            and given[-len(recorded):] == recorded and given[-len(recorded) - 1] == row.run)
+
+
 def _split(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
@@ -90,8 +103,9 @@ def capabilities(obj: Any, suite: str, model_spec: str, tasks: str, langs: str, 
     if target is not None and target.is_published:
         raise InputError("a published row holds the paper's numbers; expected one of our rows", path=target.path)
     stderr = Console(stderr=True)
-    if target is not None and target.model != model_spec:
-        stderr.print(f"[yellow]note[/]: row {target.row_id} names model {target.model!r}, evaluating {model_spec!r}")
+    if target is not None and not is_rows_model(target, model_spec):
+        raise InputError(f"row {target.row_id!r} holds the scores of model {target.model!r}, not {model_spec!r}; "
+                         "expected the row's own model (a row's numbers come from one model)", field="--model")
     report = evaluate_suite(model_spec, names, include_path=include_path, limit=limit, batch_size=batch_size,
                             seed=global_seed(obj), device=device)
     if not report["scores"]:

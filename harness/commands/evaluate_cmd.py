@@ -93,7 +93,16 @@ def generate(obj: Any, model: str, langs: str, out_dir: Path, data_dir: Path | N
     folder = _data_dir(data_dir, mini) / "x_alpacaeval" / "instructions"
     instructions = {lang: rows[:limit] for lang, rows in load_instructions(folder, parse_languages(langs)).items()}
     generator = generator or Path(model).name
+    from harness.store import RunStore, check_output_options, record_output_options
+
+    log = RunStore(out_dir).record_log("generation", key=("lang", "id", "sample_index"))
+    # Records carry the model and decoding (checked when resuming); the sidecar covers the rest.
+    resolved = check_output_options(
+        log.final_path, {"model": model, "generator": generator, "instructions": str(folder.resolve()), "limit": limit,
+                         "backend": backend, "batch_size": batch_size},
+        has_work=log.is_finished or bool(log.done_keys), changeable=("limit",))
     start = time.perf_counter()
+    record_output_options(log.final_path, resolved)
     paths = generate_outputs(model, instructions, out_dir, generator=generator, backend=backend, params=params)
     console = Console(stderr=True)
     for lang, path in paths.items():
@@ -160,10 +169,16 @@ def summary_table(metrics: dict[str, dict], caption: str) -> Table:
             return "-"
         return f"{value:.2f}" + (f" ± {se:.2f}" if isinstance(se, (int, float)) else "")
 
+    not_estimable = []
     for lang, m in metrics.items():
+        lc = number(m.get("length_controlled_winrate"))
+        if m.get("lc_not_estimable"):
+            not_estimable.append(f"{lang}: {m['lc_not_estimable']}")
+            lc = "-†"
         table.add_row(lang, str(m.get("n_total", "-")), number(m.get("win_rate"), m.get("standard_error")),
-                      number(m.get("length_controlled_winrate")), str(m.get("avg_length", "-")),
-                      str(m.get("n_unparsed", 0)))
+                      lc, str(m.get("avg_length", "-")), str(m.get("n_unparsed", 0)))
+    if not_estimable:
+        table.caption = "\n".join([caption, "† LC not estimable: " + "; ".join(not_estimable)])
     return table
 
 

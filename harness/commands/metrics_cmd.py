@@ -60,7 +60,8 @@ def render_metrics(metrics: dict[str, Any], *, title: str = "") -> Table:
     lc_note += ", gamed-baseline regularisation" if metrics["lc_gamed_regularisation"] else ", no gamed regularisation"
     rows = [
         ("win rate", f"{_number(metrics['win_rate'])} ± {_number(metrics['standard_error'])}"),
-        ("LC win rate", f"{_number(metrics['length_controlled_winrate'])} ± {_number(metrics['lc_standard_error'])}"),
+        ("LC win rate", "— (not estimable†)" if metrics.get("lc_not_estimable") else
+         f"{_number(metrics['length_controlled_winrate'])} ± {_number(metrics['lc_standard_error'])}"),
         ("LC features", lc_note),
         ("discrete win rate", _number(metrics["discrete_win_rate"])),
         ("wins / losses / draws", f"{metrics['n_wins']} / {metrics['n_wins_base']} / {metrics['n_draws']}"),
@@ -70,14 +71,19 @@ def render_metrics(metrics: dict[str, Any], *, title: str = "") -> Table:
     ]
     for name, value in rows:
         table.add_row(name, value)
+    if metrics.get("lc_not_estimable"):
+        table.caption = f"† LC not estimable: {metrics['lc_not_estimable']}"
     return table
 
 
 @click.command("metrics")
 @click.argument("annotations", type=click.Path(path_type=Path))
 @click.option("--instruction-difficulty", "difficulty_csv", type=click.Path(path_type=Path), default=None,
-              help="CSV index,instruction_difficulty (AlpacaEval's table, or `xlpref difficulty` output). "
-                   "Without it LC has no difficulty term (lc_difficulty: none).")
+              help="CSV index,instruction_difficulty (AlpacaEval's table, or `xlpref difficulty` output); default, "
+                   "as `xlpref evaluate`: DATA/alpaca_eval_lc/instruction_difficulty.csv when present.")
+@click.option("--no-instruction-difficulty", "no_difficulty", is_flag=True,
+              help="LC without the difficulty term (lc_difficulty: none; its standard error is 0, so LC is "
+                   "reported as not estimable).")
 @click.option("--gamed-annotations", "gamed_paths", type=click.Path(path_type=Path), multiple=True,
               help="Annotations of gamed baselines (the reference made verbose / concise) against the same "
                    "reference; repeatable. Without them LC is not regularised (lc_gamed_regularisation: false).")
@@ -87,14 +93,20 @@ def render_metrics(metrics: dict[str, Any], *, title: str = "") -> Table:
 @click.option("--annotator", default=None, help="Annotator name (default: the records' 'annotator').")
 @click.option("--reference", default=None, help="Reference generator (default: the records' 'generator_1').")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
-def metrics(annotations: Path, difficulty_csv: Path | None, gamed_paths: tuple[Path, ...],
+def metrics(annotations: Path, difficulty_csv: Path | None, no_difficulty: bool, gamed_paths: tuple[Path, ...],
             instructions_path: Path | None, annotator: str | None, reference: str | None, as_json: bool) -> None:
     """Win rate and length-controlled win rate of one annotations file (AlpacaEval format)."""
     import pandas as pd
 
     from harness.metrics.difficulty import load_instruction_difficulty
     from harness.metrics.winrate import compute_metrics
+    from xlpref.data import default_data_dir
 
+    if no_difficulty and difficulty_csv is not None:
+        raise click.UsageError("pass either --instruction-difficulty or --no-instruction-difficulty, not both")
+    default_difficulty = default_data_dir() / "alpaca_eval_lc" / "instruction_difficulty.csv"
+    if difficulty_csv is None and not no_difficulty and default_difficulty.is_file():
+        difficulty_csv = default_difficulty  # the default of `xlpref evaluate`, so both print the same LC
     instructions = _instruction_list(instructions_path)
     frame = _load(annotations, instructions)
     difficulty = load_instruction_difficulty(difficulty_csv) if difficulty_csv is not None else None

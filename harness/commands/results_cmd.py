@@ -128,3 +128,20 @@ def plot(results_dir: Path, run_name: str | None, out_dir: Path | None, include_
     rows = read_rows(results_dir, include_published=include_published)
     for path in plot_by_iteration(rows, out_dir or results_dir / "plots", run=run_name):
         click.echo(str(path))
+
+
+@click.command()
+@click.argument("row_ids", nargs=-1, required=True)
+@results_dir_option
+@click.option("--instruction-difficulty", type=click.Path(path_type=Path), default=None,
+              help="CSV index,instruction_difficulty, for rows whose LC used a difficulty table.")
+def remetrics(row_ids: tuple[str, ...], results_dir: Path, instruction_difficulty: Path | None) -> None:
+    """Rewrite each row's <lang>/metrics.json from its annotations.json (then run `xlpref leaderboard`)."""
+    from harness.results.remetrics import recompute_row_metrics
+    from harness.results.rows import resolve_row
+
+    console = Console(stderr=True)
+    for row_id in row_ids:
+        row = resolve_row(row_id, results_dir)
+        written = recompute_row_metrics(row.path, instruction_difficulty=instruction_difficulty)
+        console.print(f"{row.row_id}: rewrote {len(written)} metrics.json")

@@ -79,6 +79,7 @@ def sample(obj, model: str, prompts: Path, langs: str, n: int, output: Path, bac
            stop: tuple[str, ...], limit: int | None, seed: int | None, tensor_parallel_size: int,
            gpu_memory_utilization: float | None) -> None:
     """Sample N responses per prompt in each language of LANGS into OUTPUT (resumable)."""
+    from harness.store import check_output_options, record_output_options
     from xlpref.records import RecordLog
     from xlpref.languages import parse_languages
     from xlpref.sampling import SAMPLE_KEY, SamplingParams, make_sampler, sample_to_log
@@ -90,6 +91,11 @@ def sample(obj, model: str, prompts: Path, langs: str, n: int, output: Path, bac
         batch_size=batch_size or DEFAULT_BATCH_SIZE[backend], repetition_penalty=repetition_penalty, stop=stop)
     requests = requests_from_prompts(prompts, parse_languages(langs), limit=limit)
     log = RecordLog(output, SAMPLE_KEY)
+    # Records carry model, seed and decoding (checked by sample_to_log); the sidecar covers the rest.
+    resolved = check_output_options(
+        output, {"model": model, "prompts": str(prompts.resolve()), "langs": langs, "limit": limit, "backend": backend,
+                 "batch_size": params.batch_size, "repetition_penalty": repetition_penalty, "stop": list(stop)},
+        has_work=log.is_finished or bool(log.done_keys), changeable=("langs", "limit"))
     console = Console(stderr=True)
     start = time.perf_counter()
     if log.is_finished:
@@ -105,6 +111,7 @@ def sample(obj, model: str, prompts: Path, langs: str, n: int, output: Path, bac
                       "ignored")
     resumed = len(log.done_keys)
     sampler = make_sampler(backend, model, **options)
+    record_output_options(output, resolved)
     try:
         records = sample_to_log(sampler, requests, params, log)
     finally:

@@ -20,12 +20,18 @@ from rich.table import Table
 
 from xlpref.registry import names
 
+#: xlpref.reward.TOKEN_SPANS (not imported: the CLI's help loads no torch)
+TOKEN_SPANS = ("authors", "response", "response+eot")
+
 def score_table(records: list[dict]) -> Table:
     """Responses, mean reward and mean scored tokens per language."""
     by_lang: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         by_lang[record["lang"]].append(record)
-    table = Table(title=f"implicit reward ({records[0]['reward_type']})" if records else "implicit reward")
+    title = "implicit reward"
+    if records:
+        title += f" ({records[0]['reward_type']}, tokens: {records[0].get('token_span', 'response')})"
+    table = Table(title=title)
     for name in ("lang", "responses", "mean reward", "min", "max", "mean tokens"):
         table.add_column(name, justify="left" if name == "lang" else "right")
     for lang, rows in by_lang.items():
@@ -41,15 +47,19 @@ def score_table(records: list[dict]) -> Table:
 @click.option("--reference", required=True, help="pi_ref: model spec, folder or hub id (same tokenizer).")
 @click.option("--reward", type=click.Choice(names("reward")), default="cross-lingual", show_default=True,
               help="What a response is conditioned on.")
+@click.option("--token-span", type=click.Choice(TOKEN_SPANS), default="authors", show_default=True,
+              help="Tokens summed: authors = y_2..y_m + end-of-turn (the authors' code), response = y_1..y_m, "
+                   "response+eot = y_1..y_m + end-of-turn.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="SCORED.jsonl to write.")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Padded tokens (prompt included) per forward pass.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Translation length limit (translate-to-english only).")
 @click.pass_obj
-def score(obj, samples_path: Path, policy: str, reference: str, reward: str, output: Path, max_batch_tokens: int,
-          max_new_tokens: int) -> None:
+def score(obj, samples_path: Path, policy: str, reference: str, reward: str, token_span: str, output: Path,
+          max_batch_tokens: int, max_new_tokens: int) -> None:
     """Score each response of SAMPLES.jsonl with the implicit reward log pi_policy - log pi_reference."""
+    from harness.store import check_output_options, record_output_options
     from xlpref.records import RecordLog
     from xlpref.errors import InputError
     from xlpref.jsonio import iter_jsonl
@@ -74,16 +84,22 @@ def score(obj, samples_path: Path, policy: str, reference: str, reward: str, out
         records.append(record)
     if not records:
         raise InputError("no records; expected one sample record per line", path=samples_path)
+    log = RecordLog(output, SCORE_KEY)
+    # A resumed output keeps the options it was started with (records do not say which models scored them).
+    resolved = check_output_options(
+        output, {"samples": str(samples_path.resolve()), "policy": policy, "reference": reference, "reward": reward,
+                 "token_span": token_span, "max_new_tokens": max_new_tokens},
+        has_work=log.is_finished or bool(log.done_keys))
     policy_model, tokenizer = load_model(policy)
     if reference == policy:
         reference_model = policy_model  # the same model: every reward is 0
     else:
         reference_model, reference_tokenizer = load_model(reference)
         check_same_tokenizer(tokenizer, reference_tokenizer)
-    log = RecordLog(output, SCORE_KEY)
+    record_output_options(output, resolved)
     start = time.perf_counter()  # models are loaded: what follows is the scoring itself
     scored = score_records(records, policy_model, reference_model, tokenizer, reward_fn, log=log,
-                           max_batch_tokens=max_batch_tokens)
+                           max_batch_tokens=max_batch_tokens, token_span=token_span)
     seconds = time.perf_counter() - start
     console = Console()
     console.print(score_table(scored))

@@ -161,12 +161,23 @@ def annotate(model_outputs: list[dict], reference_outputs: list[dict], judge: Ju
             for row in shown.itertuples()]
     is_same = (shown["output_1"] == shown["output_2"]).tolist()
     cache = AnnotationCache(cache_path)
-    todo: dict[str, JudgeItem] = {}
+    items: dict[str, JudgeItem] = {}
     for row, key, same in zip(shown.itertuples(), keys, is_same):
-        if not same and key not in cache and key not in todo:
-            todo[key] = JudgeItem(row.instruction, row.output_1, row.output_2)
-    if todo:
-        _judge_into_cache(judge, todo, cache, chunk_size or getattr(judge, "chunk_size", 16), progress)
+        if not same and key not in items:
+            items[key] = JudgeItem(row.instruction, row.output_1, row.output_2)
+    size = chunk_size or getattr(judge, "chunk_size", 16)
+    if getattr(judge, "batch_size", 1) > 1:
+        # A batched judge's answers depend on their batch's padding (to ~1e-7): chunks are planned over every
+        # pair, and a chunk missing an answer is judged again in full, so a resumed evaluation equals an
+        # uninterrupted one to the bit. Unbatched (API) judges ask only for what is missing.
+        planned = list(items)
+        chunks = [planned[i:i + size] for i in range(0, len(planned), size)]
+        chunks = [chunk for chunk in chunks if any(k not in cache for k in chunk)]
+    else:
+        missing = [k for k in items if k not in cache]
+        chunks = [missing[i:i + size] for i in range(0, len(missing), size)]
+    if chunks:
+        _judge_into_cache(judge, {k: items[k] for chunk in chunks for k in chunk}, cache, chunks, progress)
     shown["preference"] = [1.5 if same else _cached_preference(cache[key]) for key, same in zip(keys, is_same)]
     switched = shown[SWITCH_COLUMN].tolist()
     final = processor.postprocess(shown)  # outputs back in (reference, model) order; 3 - p where switched
@@ -196,8 +207,9 @@ def _cached_preference(record: dict) -> float:
     return math.nan if value is None else float(value)
 
 
-def _judge_into_cache(judge: Judge, todo: dict[str, JudgeItem], cache: AnnotationCache, chunk_size: int,
+def _judge_into_cache(judge: Judge, todo: dict[str, JudgeItem], cache: AnnotationCache, chunks: list[list[str]],
                       progress: bool) -> None:
+    """Judge ``chunks`` of ``todo``'s keys in order; answers for keys the cache lacks are added chunk by chunk."""
     from xlpref.sampling import progress_bar
 
     def record(key: str, judgement: Judgement) -> dict:
@@ -206,14 +218,14 @@ def _judge_into_cache(judge: Judge, todo: dict[str, JudgeItem], cache: Annotatio
                 "config_hash": judge.config_hash}
 
     keys = list(todo)
+    kept = 0
     with progress_bar(len(keys), progress, f"judging ({judge.name})") as bar:
-        for start in range(0, len(keys), chunk_size):
-            chunk = keys[start:start + chunk_size]
+        for chunk in chunks:
             try:
                 judgements = _judge(judge, [todo[k] for k in chunk])
             except JudgeUnavailableError as exc:  # keep the answers of this chunk that did come in
-                cache.add([record(chunk[i], j) for i, j in sorted(exc.finished.items())])
-                kept = start + len(exc.finished)
+                cache.add([record(chunk[i], j) for i, j in sorted(exc.finished.items()) if chunk[i] not in cache])
+                kept += len(exc.finished)
                 if not kept:
                     outcome = "none came in; rerun the same command once the server answers"
                 elif cache.path is None:
@@ -222,7 +234,8 @@ def _judge_into_cache(judge: Judge, todo: dict[str, JudgeItem], cache: Annotatio
                     outcome = f"{kept} are kept in {cache.path}; rerun the same command to resume"
                 raise JudgeUnavailableError(f"{exc}; of the {len(keys)} answers this evaluation asked for, {outcome}",
                                             exc.finished) from None
-            cache.add([record(k, j) for k, j in zip(chunk, judgements)])
+            cache.add([record(k, j) for k, j in zip(chunk, judgements) if k not in cache])
+            kept += len(chunk)
             if bar is not None:
                 bar.update(bar.tasks[0].id, advance=len(chunk))
 
@@ -234,13 +247,12 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
 
     Args:
         model_outputs: a ``model_outputs.json`` path or its records (validated either way).
-        instruction_difficulty: a CSV path or a Series (``harness.metrics.winrate.load_instruction_difficulty``)
+        instruction_difficulty: a CSV path or a Series (``harness.metrics.difficulty.load_instruction_difficulty``)
             for the length-controlled win rate; None fits it without.
         cache_path: the judge cache (default ``out_dir/judge_cache.jsonl``).
     """
     from harness.metrics.difficulty import load_instruction_difficulty
-    from harness.metrics.length_controlled import N_SPLITS
-    from harness.metrics.winrate import compute_metrics, winrate_metrics
+    from harness.metrics.winrate import compute_metrics
 
     out_dir = Path(out_dir)
     if isinstance(model_outputs, (str, Path)):
@@ -258,13 +270,9 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
         raise InputError(f"judge {judge.name} gave no usable preference for any of {len(records)} outputs",
                          path=out_dir / "annotations.json")
     reference = annotations[0]["generator_1"]
-    if len(annotations) >= N_SPLITS:
-        metrics = compute_metrics(annotations, instruction_difficulty=instruction_difficulty, annotator=judge.name,
-                                  reference=reference)
-    else:  # too few for the LC GLM's cross-validation: the win rate alone, and LC says why it is missing
-        metrics = {"generator": annotations[0]["generator_2"], **winrate_metrics(annotations),
-                   "length_controlled_winrate": None, "lc_standard_error": None,
-                   "lc_note": f"{len(annotations)} annotations; the LC GLM needs at least {N_SPLITS}"}
+    # A degenerate LC (too few annotations, separation, zero standard error) comes back as None with the reason.
+    metrics = compute_metrics(annotations, instruction_difficulty=instruction_difficulty, annotator=judge.name,
+                              reference=reference)
     metrics.update({
         "annotator": judge.name, "annotator_is_demo": judge.is_demo, "annotator_description": judge.description,
         "annotator_config_hash": judge.config_hash, "annotator_agreement": read_agreement(judge),

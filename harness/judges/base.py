@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 RUNTIME_KEYS = frozenset({"description", "is_demo", "base_url", "api_key_env", "is_api_key_required",
                           "max_concurrency", "timeout_s", "max_retries", "retry_backoff_s", "batch_size", "device",
                           "price_per_million_prompt_tokens", "price_per_million_completion_tokens"})
+#: What a judge is (a demo or not, and its description): read from its config only, never overridden,
+#: so a number cannot lose its demo-judge tag by an option on the command line.
+LABEL_KEYS = frozenset({"is_demo", "description"})
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from benchmarks.x_alpacaeval import ANNOTATORS_DIR
-from harness.judges.base import Judge, JudgeConfig
+from harness.judges.base import LABEL_KEYS, Judge, JudgeConfig
 from xlpref.errors import InputError
 from xlpref.registry import import_target
 
@@ -117,6 +117,10 @@ def load_judge_config(name_or_path: str | Path, **overrides: Any) -> JudgeConfig
                          path=path, field=f"{base_name}.xlpref")
     default_model = completions_kwargs["model_name"]
     for key, value in overrides.items():
+        if key in LABEL_KEYS:
+            raise InputError(f"judge option '{key}' cannot be overridden: a judge's {key} is a property of its "
+                             f"config; expected a judge config (a folder or configs.yaml) that says so",
+                             path=path, field=f"{base_name}.xlpref.{key}")
         if key == "model":
             completions_kwargs["model_name"] = value
         elif key in completions_kwargs:

@@ -19,6 +19,21 @@ difficulty = position in the 805-instruction order: ``id - 1`` when records carr
 made verbose / concise, ``not_gamed_baseline = 0``) regularise the fit with total weight 0.2 when
 given; without them there is no regularisation (``length_controlled_noreg``), and the output says so.
 
+When LC cannot be estimated, ``length_controlled_winrate`` and ``lc_standard_error`` are ``None`` and
+``lc_not_estimable`` says why (:func:`lc_degeneracy`); tables print a dash, comparisons take no delta
+from it, leaderboards rank nothing by it and ``xlpref check`` does not gate on it. Degenerate, from
+alpaca-eval's own fit (``fit_LogisticRegressionCV``: ``GroupKFold(5)``, L1, soft labels):
+
+- fewer than 5 distinct instructions: alpaca-eval's grouped 5-fold cross-validation cannot split them
+  (it raises); 5 is enough to fit;
+- perfect separation: every preference is 1 or 2 (hard labels) and a plane in the GLM's features
+  splits wins from losses: the likelihood has no maximum, the value is set by the penalty grid;
+- a zero standard error: every instruction gets the same prediction, so the number carries no
+  spread to report: all weights zero (L1 kept nothing: LC is 50 by construction), or a formula
+  without the per-instruction difficulty term (``lc_difficulty: "none"``), whose prediction at
+  equal lengths is one constant (alpaca-eval reports its SE as 0; a fit of 8 annotations gave
+  84.95 +- 0.00 next to a 57.85 win rate).
+
 Example::
 
     from xlpref.jsonio import read_json
@@ -34,7 +49,7 @@ import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -47,8 +62,10 @@ log = logging.getLogger(__name__)
 
 #: alpaca-eval's weight, in total, of the gamed baselines' rows (``GLM_INFO["length_controlled_v1"]``).
 GAMED_BASELINE_LAMBDA = 0.2
-#: Cross-validation folds of alpaca-eval's fit; fewer annotations than this cannot be fitted.
+#: Cross-validation folds of alpaca-eval's fit; fewer distinct instructions than this cannot be fitted.
 N_SPLITS = 5
+#: An LC standard error (percent) at or below this is zero: equal predictions leave only rounding (1e-16).
+ZERO_STANDARD_ERROR = 1e-9
 
 
 @contextlib.contextmanager
@@ -93,7 +110,72 @@ def length_controlled_winrate(annotations: Annotations, *, instruction_difficult
                               gamed_annotations: Annotations | None = None,
                               regularize_to_baseline_lambda: float = GAMED_BASELINE_LAMBDA,
                               n_splits: int = N_SPLITS) -> dict[str, Any]:
-    """AlpacaEval 2's length-controlled win rate of output_2 against output_1, fitted offline.
+    """LC as :func:`length_controlled_fit` computes it, or ``None`` with ``lc_not_estimable`` (the reason)
+    when the fit is degenerate (see the module docstring and :func:`lc_degeneracy`)."""
+    frame = annotations_frame(annotations)
+    label = "none" if instruction_difficulty is None else instruction_difficulty.attrs.get("lc_difficulty",
+                                                                                              "official-csv")
+    base = {"lc_difficulty": label, "lc_gamed_regularisation": gamed_annotations is not None}
+    n_instructions = len(np.unique(instruction_index(frame)))
+    if n_instructions < n_splits:
+        return {**base, "lc_glm_weights": {}, "length_controlled_winrate": None, "lc_standard_error": None,
+                "lc_not_estimable": f"too few annotations: {n_instructions} instructions; the GLM's grouped "
+                                    f"{n_splits}-fold cross-validation (alpaca-eval's) needs at least {n_splits}"}
+    fit = length_controlled_fit(frame, instruction_difficulty=instruction_difficulty,
+                                gamed_annotations=gamed_annotations,
+                                regularize_to_baseline_lambda=regularize_to_baseline_lambda, n_splits=n_splits)
+    reason = lc_degeneracy(fit, frame, instruction_difficulty=instruction_difficulty,
+                           gamed_annotations=gamed_annotations)
+    if reason is None:
+        return fit
+    return {**fit, "length_controlled_winrate": None, "lc_standard_error": None, "lc_not_estimable": reason}
+
+
+def _is_separable(frame: pd.DataFrame, difficulty: pd.Series | None, gamed: Annotations | None) -> bool:
+    """Hard labels (every preference 1 or 2) that a plane in the GLM's features splits (a linear program)."""
+    from scipy.optimize import linprog
+
+    rows = [glm_features(frame, difficulty)]
+    if gamed is not None:
+        rows += _gamed_features(gamed, difficulty)
+    data = pd.concat(rows, axis=0)
+    labels = data["preference"].to_numpy()
+    if not np.isin(labels, (0.0, 1.0)).all():
+        return False  # a soft label keeps the likelihood's maximum finite
+    features = np.column_stack([np.tanh(data["std_delta_len"].to_numpy(dtype=float)),
+                                data["not_gamed_baseline"].to_numpy(dtype=float)]
+                               + ([data["instruction_difficulty"].to_numpy(dtype=float)] if difficulty is not None
+                                  else []))
+    signs = np.where(labels == 1.0, 1.0, -1.0)
+    # feasible: some w with sign_i * (x_i . w) >= 1 for every row
+    result = linprog(np.zeros(features.shape[1]), A_ub=-(signs[:, None] * features), b_ub=-np.ones(len(signs)),
+                     bounds=[(None, None)] * features.shape[1], method="highs")
+    return result.status == 0
+
+
+def lc_degeneracy(fit: Mapping[str, Any], frame: pd.DataFrame, *, instruction_difficulty: pd.Series | None = None,
+                  gamed_annotations: Annotations | None = None) -> str | None:
+    """Why a fitted LC is not an estimate (perfect separation, zero standard error), or None when it is."""
+    if _is_separable(frame, instruction_difficulty, gamed_annotations):
+        return ("perfect separation: every preference is 1 or 2 and the GLM's features split wins from losses; "
+                "the fit has no maximum")
+    se = fit.get("lc_standard_error")
+    if se is None or not se > ZERO_STANDARD_ERROR:
+        if instruction_difficulty is None:
+            return ("zero standard error: without an instruction-difficulty term every instruction gets the same "
+                    "prediction (give an instruction-difficulty table)")
+        weights = fit.get("lc_glm_weights") or {}
+        if weights and all(w == 0 for w in weights.values()):
+            return "zero standard error: every GLM weight is 0 (LC is 50 by construction, not a measurement)"
+        return "zero standard error: the GLM predicts the same preference for every instruction"
+    return None
+
+
+def length_controlled_fit(annotations: Annotations, *, instruction_difficulty: pd.Series | None = None,
+                          gamed_annotations: Annotations | None = None,
+                          regularize_to_baseline_lambda: float = GAMED_BASELINE_LAMBDA,
+                          n_splits: int = N_SPLITS) -> dict[str, Any]:
+    """AlpacaEval 2's length-controlled win rate of output_2 against output_1, fitted offline (whatever the fit).
 
     Args:
         instruction_difficulty: index -> difficulty (:func:`load_instruction_difficulty`,

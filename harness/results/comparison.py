@@ -27,7 +27,7 @@ import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
-from harness.results.leaderboard import METRIC_COLUMNS, METRIC_NAMES, canonical_order, check_metric
+from harness.results.leaderboard import METRIC_COLUMNS, METRIC_NAMES, canonical_order, check_metric, reasons_footnote
 from harness.results.rows import Row
 from xlpref.errors import InputError
 from xlpref.languages import check_languages
@@ -38,6 +38,11 @@ def check_same_judge(a: Row, b: Row, what: str) -> None:
         raise InputError(f"cannot {what} {a.row_id!r} and {b.row_id!r}: annotator/reference differ "
                          f"({a.annotator!r} vs {a.reference!r} against {b.annotator!r} vs {b.reference!r}); "
                          "expected rows judged by the same annotator against the same reference outputs")
+
+
+def lc_not_estimable(row: Row, lang: str) -> str | None:
+    """Why the row's LC in ``lang`` could not be estimated (metrics.json's ``lc_not_estimable``), or None."""
+    return row.metrics.get(lang, {}).get("lc_not_estimable") or None
 
 
 def _metric(row: Row, lang: str, metric: str) -> float:
@@ -107,13 +112,17 @@ def compare_rows(row_a: Row, row_b: Row, *, langs: Sequence[str] | None = None, 
         else:
             line.update(delta_wr=values["wr_b"] - values["wr_a"], ci_low=math.nan, ci_high=math.nan,
                         p_value=math.nan, is_significant=pd.NA, n=pd.NA)
+        # NaN when either LC is missing or not estimable: no delta is taken from a degenerate fit.
         line["delta_lc"] = values["lc_b"] - values["lc_a"]
         lines.append(line)
     frame = pd.DataFrame(lines, columns=["lang", "wr_a", "wr_b", "delta_wr", "ci_low", "ci_high", "p_value",
                                          "is_significant", "n", "lc_a", "lc_b", "delta_lc"])
     frame["is_significant"] = frame["is_significant"].astype("boolean")
     frame["n"] = frame["n"].astype("Int64")
-    frame.attrs.update(row_a=row_a.row_id, row_b=row_b.row_id, confidence=confidence, n_boot=n_boot)
+    frame.attrs.update(row_a=row_a.row_id, row_b=row_b.row_id, confidence=confidence, n_boot=n_boot,
+                       lc_not_estimable={f"{side} {lang}": reason for lang in langs
+                                         for side, row in (("A", row_a), ("B", row_b))
+                                         if (reason := lc_not_estimable(row, lang))})
     return frame
 
 
@@ -128,8 +137,11 @@ def render_comparison(frame: pd.DataFrame) -> Table:
     caption = (f"ΔWR with its {100 * confidence:.0f}% paired bootstrap interval over the instructions both rows "
                "answered; * significant" if has_interval else
                "no annotations on both sides (e.g. published rows): point deltas only, no interval")
-    table = Table(title=f"B minus A (A = {a}, B = {b})", caption=caption + "; ΔLC: point delta only",
-                  caption_justify="left")
+    caption += "; ΔLC: point delta only"
+    not_estimable = frame.attrs.get("lc_not_estimable") or {}
+    if not_estimable:
+        caption += "\n— LC not estimable, so no ΔLC: " + reasons_footnote(not_estimable)
+    table = Table(title=f"B minus A (A = {a}, B = {b})", caption=caption, caption_justify="left")
     for name in ("lang", "WR A", "WR B", "ΔWR", "interval", "p", "n", "LC A", "LC B", "ΔLC"):
         table.add_column(name, justify="left" if name == "lang" else "right", no_wrap=True)
     for line in frame.itertuples(index=False):
@@ -162,6 +174,8 @@ def check_regression(run_row: Row, baseline_row: Row, *, tolerance: float = 1.0,
         langs: languages to gate on (default: every language of the baseline).
         fail_on_significant: also fail a language whose WR the paired bootstrap finds significantly
             lower (needs annotations in both rows).
+        metric: "lc" or "wr"; with "lc", a gated language whose LC is not estimable in either row makes
+            the whole gate use WR instead (``table.attrs["lc_not_estimable"]`` says why).
     Raises:
         InputError: different judges, a negative tolerance, or a baseline without ``metric``.
     """
@@ -170,6 +184,12 @@ def check_regression(run_row: Row, baseline_row: Row, *, tolerance: float = 1.0,
     if not math.isfinite(tolerance) or tolerance < 0:
         raise InputError(f"tolerance {tolerance!r}; expected a number of points >= 0", field="tolerance")
     langs = check_languages(list(langs)) if langs is not None else canonical_order(baseline_row.languages)
+    # A degenerate LC is not a measurement: the gate then uses the win rate, for every language alike.
+    not_estimable = {f"{side} {lang}": reason for lang in langs
+                     for side, row in (("run", run_row), ("baseline", baseline_row))
+                     if (reason := lc_not_estimable(row, lang))} if metric == "lc" else {}
+    if not_estimable:
+        metric = "wr"
     name = METRIC_NAMES[metric]
     missing_baseline = [lang for lang in langs if math.isnan(_metric(baseline_row, lang, metric))]
     if missing_baseline:
@@ -205,7 +225,8 @@ def check_regression(run_row: Row, baseline_row: Row, *, tolerance: float = 1.0,
         lines.append(line)
     table = pd.DataFrame(lines)
     table["is_significantly_worse"] = table["is_significantly_worse"].astype("boolean")
-    table.attrs.update(run=run_row.row_id, baseline=baseline_row.row_id, metric=metric, tolerance=tolerance)
+    table.attrs.update(run=run_row.row_id, baseline=baseline_row.row_id, metric=metric, tolerance=tolerance,
+                       lc_not_estimable=not_estimable)
     return CheckResult(passed=not failures, failures=failures, table=table)
 
 
@@ -214,8 +235,11 @@ def render_check(result: CheckResult) -> Table:
     attrs = result.table.attrs
     name = METRIC_NAMES[attrs.get("metric", "lc")]
     verdict = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
-    table = Table(title=f"{verdict} {attrs.get('run')} against {attrs.get('baseline')}",
-                  caption=f"{name}, tolerance {attrs.get('tolerance', 0):.2f} points", caption_justify="left")
+    caption = f"{name}, tolerance {attrs.get('tolerance', 0):.2f} points"
+    if attrs.get("lc_not_estimable"):
+        caption += "; gated on WR because LC is not estimable: " + reasons_footnote(attrs["lc_not_estimable"])
+    table = Table(title=f"{verdict} {attrs.get('run')} against {attrs.get('baseline')}", caption=caption,
+                  caption_justify="left")
     for column in ("lang", f"baseline {name}", f"run {name}", "Δ", "status"):
         table.add_column(column, justify="left" if column in ("lang", "status") else "right", no_wrap=True)
     for line in result.table.itertuples(index=False):

@@ -3,6 +3,8 @@
 Rows are grouped by judge, ``Row.group_key`` = (published?, annotator, reference, paper table), and
 ranked only inside their group: numbers from different annotators or reference outputs are never
 ranked together, and the paper's published rows form their own groups, one per paper table.
+An LC that could not be estimated (``lc_not_estimable`` in metrics.json) is a dash with a footnote
+giving the reason; it counts as missing, so it ranks nothing.
 A row's average covers the chosen languages only when
 it has the metric for every one of them; otherwise the average is empty, the row is not ranked and
 the caption says which languages are missing.
@@ -60,6 +62,14 @@ def default_languages(rows: Sequence[Row]) -> list[str]:
     return canonical_order(lang for lang, n in counts.items() if 2 * n >= len(rows))
 
 
+def reasons_footnote(where_to_reason: Mapping[str, str]) -> str:
+    """``{"row lang": reason}`` as one line per distinct reason: ``reason (row lang, row lang, ...)``."""
+    by_reason: dict[str, list[str]] = {}
+    for where, reason in where_to_reason.items():
+        by_reason.setdefault(reason, []).append(where)
+    return "; ".join(f"{reason} ({', '.join(places)})" for reason, places in by_reason.items())
+
+
 def _value(metrics: Mapping | None, key: str) -> float:
     value = None if metrics is None else metrics.get(key)
     return float(value) if value is not None else math.nan
@@ -93,6 +103,7 @@ def _row_record(row: Row, langs: Sequence[str], agreement: Mapping | None) -> di
             record[f"{lang}_{metric}"] = _value(metrics, value_key)
             record[f"{lang}_{metric}_se"] = _value(metrics, se_key)
         record[f"{lang}_n"] = _value(metrics, "n_total")
+        record[f"{lang}_lc_not_estimable"] = (metrics or {}).get("lc_not_estimable") or ""
     for metric in METRIC_COLUMNS:
         values = [record[f"{lang}_{metric}"] for lang in langs]
         errors = [record[f"{lang}_{metric}_se"] for lang in langs]
@@ -177,9 +188,9 @@ def write_leaderboard_csv(frame: pd.DataFrame, path) -> None:
 
 # -- rendering -------------------------------------------------------------------------------------
 
-def _cell(value: float, se: float, is_best: bool) -> Text:
+def _cell(value: float, se: float, is_best: bool, is_not_estimable: bool = False) -> Text:
     if math.isnan(value):
-        return Text("—", style="dim")
+        return Text("—†" if is_not_estimable else "—", style="dim")
     text = f"{value:.2f}" + (f"±{se:.2f}" if not math.isnan(se) else "") + ("*" if is_best else "")
     return Text(text, style="bold" if is_best else "")
 
@@ -223,6 +234,10 @@ def render_leaderboard(frame: pd.DataFrame, *, metric: str = "lc") -> list[Table
                     for _, row in group.iterrows() if pd.isna(row["rank"])]
         if unranked:
             caption.append("not ranked, the average needs every language: " + "; ".join(unranked))
+        not_estimable = {f"{row['label']} {lang}": row.get(f"{lang}_lc_not_estimable") for _, row in group.iterrows()
+                         for lang in shown if row.get(f"{lang}_lc_not_estimable")}
+        if not_estimable:
+            caption.append("† LC not estimable (no number, no rank, no delta): " + reasons_footnote(not_estimable))
         if n_groups > 1:
             caption.append("rows of other judges, references or paper tables: other tables, not ranked against these")
         # min_width keeps the caption (judge, reference, ranking rule) readable under a narrow table.
@@ -236,7 +251,8 @@ def render_leaderboard(frame: pd.DataFrame, *, metric: str = "lc") -> list[Table
             table.add_column(column.removeprefix("cap_"), justify="right", no_wrap=True)
         for index, row in group.iterrows():
             for line, m in enumerate((metric, other)):
-                cells = [_cell(row[f"{lang}_{m}"], row[f"{lang}_{m}_se"], bool(best.at[index, f"{lang}_{m}"]))
+                cells = [_cell(row[f"{lang}_{m}"], row[f"{lang}_{m}_se"], bool(best.at[index, f"{lang}_{m}"]),
+                               m == "lc" and bool(row.get(f"{lang}_lc_not_estimable")))
                          for lang in shown]
                 cells.append(_cell(row[f"avg_{m}"], row[f"avg_{m}_se"], bool(best.at[index, f"avg_{m}"])))
                 if line == 0:
