@@ -94,3 +94,86 @@ def test_bf16_tiles_stay_within_the_memory_bound(monkeypatch):
     assert widths and all(rows * width <= 32 * 64 and width * hidden_size <= 32 * 64 for rows, width in widths)
     monkeypatch.setattr(logprobs, "LOGITS_TILE_ELEMENTS", 1 << 21)
     assert bounded == pytest.approx(logprobs.response_logprobs(model, items), abs=1e-4)
+
+
+# -- stop tokens -------------------------------------------------------------------------------------
+
+def _model_closing_turns_with_a_token_other_than_eos():
+    """The tiny Llama whose eos is ``</s>`` (its generation config lists only that) while its chat template
+    closes turns with ``<end_of_turn>``, and whose output layer makes ``<end_of_turn>`` the likeliest token,
+    as a chat model ends its turn (Llama-3 SFT: ``<|eot_id|>`` vs ``<|end_of_text|>``)."""
+    model, tokenizer = build_tiny_model("tiny-random-llama")
+    tokenizer.eos_token = "</s>"
+    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    tied = model.get_output_embeddings()
+    head = torch.nn.Linear(tied.in_features, tied.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(tied.weight)
+        head.bias.zero_()
+        head.bias[end_of_turn] = 50.0
+    model.config.tie_word_embeddings = False
+    model.lm_head = head
+    return model, tokenizer, end_of_turn
+
+
+def test_end_of_turn_token_is_found_from_the_chat_template():
+    from xlpref.models import PLAIN_CHAT_TEMPLATE, build_tiny_tokenizer, end_of_turn_token_id
+
+    tokenizer = build_tiny_tokenizer()
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    tokenizer.eos_token = "</s>"
+    assert end_of_turn_token_id(tokenizer) == end_of_turn != tokenizer.eos_token_id
+    tokenizer.chat_template = PLAIN_CHAT_TEMPLATE  # closes turns with eos
+    assert end_of_turn_token_id(tokenizer) == tokenizer.eos_token_id
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] + '\\n' }}{% endfor %}"  # a newline: not a token of its own
+    assert end_of_turn_token_id(tokenizer) == tokenizer.eos_token_id
+
+
+def test_hf_sampling_stops_at_the_stop_token_of_the_template_not_at_max_new_tokens(monkeypatch):
+    from xlpref.sampling import SampleRequest, SamplingParams, make_sampler
+
+    model, tokenizer, end_of_turn = _model_closing_turns_with_a_token_other_than_eos()
+    lengths = []
+    generate = model.generate
+
+    def recording(**kwargs):
+        output = generate(**kwargs)
+        lengths.append(output.shape[1] - kwargs["input_ids"].shape[1])
+        return output
+
+    monkeypatch.setattr(model, "generate", recording)
+    sampler = make_sampler("hf", (model, tokenizer))
+    records = sampler.sample([SampleRequest("a", "en", "Write a poem about the sea.", "")],
+                             SamplingParams(n=2, max_new_tokens=16), progress=False)
+    assert lengths == [1]  # generation ended at the end-of-turn token, not after 16 tokens
+    assert [(r["n_response_tokens"], r["finish_reason"], r["response"]) for r in records] == [(0, "stop", "")] * 2
+
+
+def test_evaluation_outputs_stop_at_the_stop_token_of_the_template(tmp_path):
+    from harness.evaluation.model_outputs import generate_outputs
+    from xlpref.data import MINI_DIR, load_instructions
+    from xlpref.jsonio import read_jsonl
+    from xlpref.sampling import SamplingParams
+
+    model, tokenizer, _ = _model_closing_turns_with_a_token_other_than_eos()
+    instructions = {lang: rows[:2] for lang, rows in
+                    load_instructions(MINI_DIR / "x_alpacaeval" / "instructions", ["en"]).items()}
+    generate_outputs((model, tokenizer), instructions, tmp_path, generator="tiny", progress=False,
+                     params=SamplingParams(temperature=0.6, top_p=0.9, max_new_tokens=32, seed=1))
+    records = read_jsonl(tmp_path / "generation.jsonl")
+    assert [(r["n_response_tokens"], r["finish_reason"]) for r in records] == [(0, "stop")] * 2
+
+
+def test_vllm_requests_carry_the_stop_token_of_the_template():
+    from types import SimpleNamespace
+
+    from xlpref.sampling import SampleRequest, SamplingParams
+    from xlpref.sampling_vllm import VLLMSampler
+
+    _, tokenizer, end_of_turn = _model_closing_turns_with_a_token_other_than_eos()
+    sampler = object.__new__(VLLMSampler)  # the request parameters only: no engine on this machine's tiny model
+    sampler.tokenizer, sampler._vllm = tokenizer, SimpleNamespace(SamplingParams=dict)
+    sampler.stop_token_ids = VLLMSampler.stop_tokens_of(tokenizer)
+    request = sampler._vllm_params(SamplingParams(), [], SampleRequest("a", "en", "Hi", ""))
+    assert end_of_turn in request["stop_token_ids"] and tokenizer.eos_token_id in request["stop_token_ids"]

@@ -104,6 +104,7 @@ class VLLMSampler:
         is_cpu = current_platform.is_cpu()
         self.model_name = model
         self.tokenizer = load_tokenizer(model)
+        self.stop_token_ids = self.stop_tokens_of(self.tokenizer)
         path = resolve_model_path(model)
         if kv_cache_gib is None and is_cpu:
             kv_cache_gib = 1.0
@@ -122,6 +123,14 @@ class VLLMSampler:
         self.llm = vllm.LLM(**options)
         self.startup_seconds = time.perf_counter() - start
         self._vllm = vllm
+
+    @staticmethod
+    def stop_tokens_of(tokenizer: Any) -> list[int]:
+        """The template's end-of-turn token and the tokenizer's eos: vLLM itself stops only at the
+        generation config's eos, which may be another token (Llama-3 SFT models)."""
+        from xlpref.models import end_of_turn_token_id
+
+        return sorted({end_of_turn_token_id(tokenizer), tokenizer.eos_token_id} - {None})
 
     def sample(self, requests: Sequence[SampleRequest], params: SamplingParams, *,
                skip_keys: Collection[tuple] = (), on_records: Callable[[list[dict]], None] | None = None,
@@ -151,7 +160,8 @@ class VLLMSampler:
 
     def _vllm_params(self, params: SamplingParams, stops: list[str], request: SampleRequest) -> Any:
         sampling = dict(n=params.n, max_tokens=params.max_new_tokens, repetition_penalty=params.repetition_penalty,
-                        stop=stops or None, seed=derived_seed(params.seed, request.lang, request.id),
+                        stop=stops or None, stop_token_ids=list(self.stop_token_ids),
+                        seed=derived_seed(params.seed, request.lang, request.id),
                         skip_special_tokens=True)
         if params.is_greedy:
             sampling.update(temperature=0.0)
