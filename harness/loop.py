@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,15 @@ def load_run_data(config: RunConfig) -> tuple[dict, dict, dict]:
 
 
 def _release() -> None:
+    """Return a finished stage's memory: objects in reference cycles, then the CUDA allocator's cache.
+
+    Without ``empty_cache`` the parent keeps the stage's freed blocks reserved on GPU 0, and the next
+    training rank 0 or vLLM engine (which checks free memory) finds too little.
+    """
     gc.collect()
+    torch = sys.modules.get("torch")  # a stage that never imported torch has nothing cached
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # -- the stages -------------------------------------------------------------------------------------
@@ -92,14 +101,20 @@ def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
     ctx.console.rule(f"[bold]iteration {t}: evaluate {policy}")
     paths = generate_outputs(policy, ctx.instructions, out_dir, generator=f"{ctx.config.name}-iter{t}",
                              backend=cfg.backend, params=params)
+    _release()
     judge = load_judge(cfg.judge, **cfg.judge_options)
     metrics = {}
-    for lang in ctx.config.languages:
-        metrics[lang] = evaluate_outputs(paths[lang], ctx.references[lang], judge, out_dir / lang,
-                                         instruction_difficulty=ctx.config.data.instruction_difficulty,
-                                         seed=ctx.config.seed)
+    try:
+        for lang in ctx.config.languages:
+            metrics[lang] = evaluate_outputs(paths[lang], ctx.references[lang], judge, out_dir / lang,
+                                             instruction_difficulty=ctx.config.data.instruction_difficulty,
+                                             seed=ctx.config.seed)
+    finally:
+        getattr(judge, "close", lambda: None)()  # a local judge's model goes before lm-eval loads the policy
+        _release()
     tokens = sum(m.get("n_total", 0) for m in metrics.values())
     _record_results(ctx, t, policy, out_dir, judge)
+    _release()
     ctx.stage_done(stage, time.perf_counter() - start, items=tokens)
     log_iteration_metrics(ctx.config.training.report_to, ctx.store.root, t, metrics, run_name=ctx.config.name)
     return metrics

@@ -6,6 +6,8 @@ Each test runs on CPU with a tiny random model; docs/scaling.md says which parts
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -177,3 +179,49 @@ def test_vllm_requests_carry_the_stop_token_of_the_template():
     sampler.stop_token_ids = VLLMSampler.stop_tokens_of(tokenizer)
     request = sampler._vllm_params(SamplingParams(), [], SampleRequest("a", "en", "Hi", ""))
     assert end_of_turn in request["stop_token_ids"] and tokenizer.eos_token_id in request["stop_token_ids"]
+
+
+# -- memory returned between stages -------------------------------------------------------------------
+
+def test_release_frees_every_stage_model_and_memory_does_not_grow_across_iterations(tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    import psutil
+
+    import harness.loop as loop
+    import xlpref.models as models
+    from harness.config import load_config
+
+    loaded = []  # (stage that loaded it, weak reference to the model)
+    load_model = models.load_model
+
+    def recording_load_model(*args, **kwargs):
+        model, tokenizer = load_model(*args, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model, tokenizer
+
+    monkeypatch.setattr(models, "load_model", recording_load_model)
+    alive_after_stage, rss = [], []
+    stage_done = loop.RunContext.stage_done
+
+    def checking_stage_done(self, name, seconds, **summary):
+        gc.collect()
+        alive_after_stage.append((name, sum(ref() is not None for ref in loaded)))
+        rss.append((name, psutil.Process().memory_info().rss))
+        return stage_done(self, name, seconds, **summary)
+
+    monkeypatch.setattr(loop.RunContext, "stage_done", checking_stage_done)
+    released = []
+    release = loop._release
+    monkeypatch.setattr(loop, "_release", lambda: (released.append(True), release()))
+    config = load_config(Path(__file__).parent / "fixtures" / "tiny_run.yaml", overrides={"run_dir": str(tmp_path / "run"), "iterations": 3,
+                                              "data": {"prompt_limit": 2, "eval_limit": 2},
+                                              "sampling": {"n": 2, "max_new_tokens": 6},
+                                              "evaluation": {"max_new_tokens": 6, "n_bootstrap": 100}})
+    loop.run_icr(config, console=None)
+    assert len(loaded) >= 8 and released  # policy, reference, judge, sampler and trainer models were loaded
+    assert alive_after_stage and all(alive == 0 for _, alive in alive_after_stage), alive_after_stage
+    trained = [value for name, value in rss if name.endswith("/train")]
+    # The same point of iterations 1 and 2: nothing of iteration 1's models stays (allocator noise allowed).
+    assert trained[2] - trained[1] < 64 * 2**20, [(name, value >> 20) for name, value in rss]
