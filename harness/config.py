@@ -79,6 +79,7 @@ class TrainingConfig(_Strict):
     max_length: int = Field(1024, ge=8)
     precompute_ref_log_probs: bool = True  # speed settings; false for both = trl's defaults
     completion_only_head: bool = True
+    gradient_checkpointing: Optional[bool] = Field(None, description="recompute activations; null: on with CUDA, off on CPU")
     languages: Optional[list[str]] = Field(None, description="train only on these languages' pairs (e.g. [en])")
     report_to: list[str] = Field(default_factory=list)
     launcher: Literal["none", "accelerate", "torchrun"] = "none"

@@ -246,7 +246,7 @@ def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str
         loss=cfg.loss, beta=cfg.beta, nll_weight=cfg.nll_weight, lora=cfg.lora, lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha, learning_rate=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
         grad_accum=cfg.grad_accum, max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-        completion_only_head=cfg.completion_only_head,
+        completion_only_head=cfg.completion_only_head, gradient_checkpointing=cfg.gradient_checkpointing,
         seed=ctx.config.seed + t, report_to=list(cfg.report_to), num_processes=cfg.num_processes,
     )
     if cfg.launcher == "none":

@@ -225,3 +225,100 @@ def test_release_frees_every_stage_model_and_memory_does_not_grow_across_iterati
     trained = [value for name, value in rss if name.endswith("/train")]
     # The same point of iterations 1 and 2: nothing of iteration 1's models stays (allocator noise allowed).
     assert trained[2] - trained[1] < 64 * 2**20, [(name, value >> 20) for name, value in rss]
+
+
+# -- training that fits an 8B model ------------------------------------------------------------------
+
+PAIRS = [
+    {"lang": "en", "prompt": "Write a short poem about the sea.", "chosen": "The sea is calm and blue today.",
+     "rejected": "No."},
+    {"lang": "es", "prompt": "Explica por qué el cielo es azul.", "chosen": "El aire dispersa más la luz azul.",
+     "rejected": "Cielo."},
+    {"lang": "ru", "prompt": "Напиши короткое стихотворение о море.", "chosen": "Море сегодня спокойное.",
+     "rejected": "Нет."},
+    {"lang": "zh", "prompt": "写一首关于大海的短诗。", "chosen": "今天的大海很平静。", "rejected": "不。"},
+]
+
+
+def test_gradient_checkpointing_defaults_on_with_cuda_and_off_on_cpu():
+    from xlpref.training import TrainConfig, _trl_args
+
+    assert TrainConfig().gradient_checkpointing is None
+    assert TrainConfig().uses_gradient_checkpointing(use_cuda=True) is True
+    assert TrainConfig().uses_gradient_checkpointing(use_cuda=False) is False
+    assert TrainConfig(gradient_checkpointing=False).uses_gradient_checkpointing(use_cuda=True) is False
+    args = _trl_args(TrainConfig(gradient_checkpointing=True), "/tmp/unused", use_cuda=False, progress=False)
+    assert args.gradient_checkpointing is True and args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+
+
+def test_gradient_checkpointing_from_the_cli_trains_the_same_model_on_cpu(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+    from xlpref.models import load_model
+    from xlpref.training import MARKER
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in PAIRS), encoding="utf-8")
+    common = ["train", "--model", "tiny-random-llama", "--pairs", str(pairs), "--epochs", "2", "--batch-size", "2",
+              "--lr", "1e-3", "--max-length", "64"]
+    for flag, out in (("--gradient-checkpointing", "on"), ("--no-gradient-checkpointing", "off")):
+        result = CliRunner().invoke(cli, [*common, flag, "-o", str(tmp_path / out)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    on, off = (json.loads((tmp_path / name / MARKER).read_text()) for name in ("on", "off"))
+    assert on["config"]["gradient_checkpointing"] is True and off["config"]["gradient_checkpointing"] is False
+    assert on["first_loss"] == pytest.approx(off["first_loss"], rel=1e-6)
+    trained_on, _ = load_model(str(tmp_path / "on"), device="cpu")
+    trained_off, _ = load_model(str(tmp_path / "off"), device="cpu")
+    before, _ = build_tiny_model("tiny-random-llama")
+    moved = max((a - b).abs().max().item() for a, b in zip(before.parameters(), trained_off.parameters()))
+    apart = max((a - b).abs().max().item() for a, b in zip(trained_on.parameters(), trained_off.parameters()))
+    assert moved > 1e-4 and apart < 1e-5  # recomputed activations, the same gradients
+
+
+def test_full_fine_tuning_above_the_limit_is_refused_naming_zero_and_lora(tmp_path, monkeypatch):
+    import xlpref.training as training
+    from xlpref.distributed import launch_training
+    from xlpref.errors import InputError
+
+    n = training.count_parameters("tiny-random-llama")
+    assert n == sum(p.numel() for p in build_tiny_model("tiny-random-llama")[0].parameters())
+    monkeypatch.setattr(training, "FULL_FINE_TUNING_MAX_PARAMETERS", n - 1)
+    with pytest.raises(InputError, match=r"--deepspeed zero3.*--lora"):
+        training.train_dpo("tiny-random-llama", PAIRS, tmp_path / "out", training.TrainConfig(), progress=False)
+    with pytest.raises(InputError, match=r"without ZeRO or LoRA"):  # before any process starts
+        launch_training("tiny-random-llama", PAIRS, tmp_path / "out2", training.TrainConfig(), num_processes=2)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+    training.check_full_fine_tuning("tiny-random-llama", training.TrainConfig(lora=True), is_deepspeed=False)
+    training.check_full_fine_tuning("tiny-random-llama", training.TrainConfig(), is_deepspeed=True)
+
+
+def test_training_dtypes_bf16_under_deepspeed_and_lora_and_the_reference_bf16_on_cuda():
+    from xlpref.training import TrainConfig, training_dtypes
+
+    full, lora = TrainConfig(), TrainConfig(lora=True)
+    assert training_dtypes(full, use_cuda=False, is_deepspeed=True) == (torch.float32, torch.float32)
+    assert training_dtypes(full, use_cuda=True, is_deepspeed=True) == (torch.bfloat16, torch.bfloat16)
+    assert training_dtypes(lora, use_cuda=True, is_deepspeed=False) == (torch.bfloat16, torch.bfloat16)
+    assert training_dtypes(full, use_cuda=True, is_deepspeed=False) == (torch.float32, torch.bfloat16)
+
+
+def test_trl_config_comes_before_the_model_and_the_reference_is_loaded_not_copied(tmp_path, monkeypatch):
+    import types
+
+    import xlpref.training as training
+
+    events = []
+    trl_args, load = training._trl_args, training._load
+    monkeypatch.setattr(training, "_trl_args", lambda *a, **k: (events.append("trl config"), trl_args(*a, **k))[1])
+    monkeypatch.setattr(training, "_load", lambda *a, **k: (events.append("load"), load(*a, **k))[1])
+
+    def no_copy(obj, *args):
+        raise AssertionError(f"the reference must be loaded, not copied from the policy ({type(obj).__name__})")
+
+    monkeypatch.setattr(training, "copy", types.SimpleNamespace(deepcopy=no_copy))
+    config = training.TrainConfig(precompute_ref_log_probs=False, batch_size=4, max_length=64, learning_rate=1e-3)
+    result = training.train_dpo("tiny-random-llama", PAIRS, tmp_path / "out", config, progress=False)
+    assert events == ["trl config", "load", "load"] and result.steps == 1
