@@ -100,7 +100,7 @@ def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
                             seed=ctx.config.seed + t, batch_size=cfg.batch_size)
     ctx.console.rule(f"[bold]iteration {t}: evaluate {policy}")
     paths = generate_outputs(policy, ctx.instructions, out_dir, generator=f"{ctx.config.name}-iter{t}",
-                             backend=cfg.backend, params=params)
+                             backend=cfg.backend, params=params, **_vllm_options(ctx, cfg.backend, params.seed))
     _release()
     judge = load_judge(cfg.judge, **cfg.judge_options)
     metrics = {}
@@ -176,10 +176,7 @@ def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
                             seed=ctx.config.seed + t, batch_size=cfg.batch_size)
     ctx.console.rule(f"[bold]iteration {t}: sample ({cfg.backend}, n={cfg.n})")
     start = time.perf_counter()
-    options = {}
-    if cfg.backend == "vllm":
-        options = {"tensor_parallel_size": cfg.tensor_parallel_size, "data_parallel_size": cfg.data_parallel_size}
-    sampler = make_sampler(cfg.backend, policy, **options)
+    sampler = make_sampler(cfg.backend, policy, **_vllm_options(ctx, cfg.backend, params.seed))
     try:
         records = sample_to_log(sampler, requests, params, log)
     finally:
@@ -188,6 +185,15 @@ def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
     ctx.stage_done(stage, time.perf_counter() - start, records=len(records),
                    tokens=sum(r.get("n_response_tokens", 0) for r in records))
     return records
+
+
+def _vllm_options(ctx: RunContext, backend: str, seed: int) -> dict:
+    """The sampling section's engine settings, for sampling and evaluation outputs alike."""
+    cfg = ctx.config.sampling
+    if backend != "vllm":
+        return {}
+    return {"tensor_parallel_size": cfg.tensor_parallel_size, "data_parallel_size": cfg.data_parallel_size,
+            "is_seeded_per_request": cfg.is_seeded_per_request, "seed": seed}
 
 
 def reward_models(ctx: RunContext, policy: str) -> tuple[str, str]:

@@ -176,7 +176,7 @@ def test_vllm_requests_carry_the_stop_token_of_the_template():
     _, tokenizer, end_of_turn = _model_closing_turns_with_a_token_other_than_eos()
     sampler = object.__new__(VLLMSampler)  # the request parameters only: no engine on this machine's tiny model
     sampler.tokenizer, sampler._vllm = tokenizer, SimpleNamespace(SamplingParams=dict)
-    sampler.stop_token_ids = VLLMSampler.stop_tokens_of(tokenizer)
+    sampler.stop_token_ids, sampler.is_seeded_per_request = VLLMSampler.stop_tokens_of(tokenizer), True
     request = sampler._vllm_params(SamplingParams(), [], SampleRequest("a", "en", "Hi", ""))
     assert end_of_turn in request["stop_token_ids"] and tokenizer.eos_token_id in request["stop_token_ids"]
 
@@ -322,3 +322,70 @@ def test_trl_config_comes_before_the_model_and_the_reference_is_loaded_not_copie
     config = training.TrainConfig(precompute_ref_log_probs=False, batch_size=4, max_length=64, learning_rate=1e-3)
     result = training.train_dpo("tiny-random-llama", PAIRS, tmp_path / "out", config, progress=False)
     assert events == ["trl config", "load", "load"] and result.steps == 1
+
+
+# -- speed defaults for GPUs ---------------------------------------------------------------------------
+
+def _offline_vllm_sampler(is_seeded_per_request: bool = True):
+    """A VLLMSampler around a stand-in engine that records each generate call (no vLLM engine here)."""
+    from types import SimpleNamespace
+
+    from xlpref.models import build_tiny_tokenizer
+    from xlpref.sampling_vllm import VLLMSampler
+
+    calls = []
+
+    def generate(prompts, params, use_tqdm):
+        calls.append(params)
+        completion = dict(token_ids=[7, 8], text="ok", finish_reason="length", stop_reason=None)
+        return [SimpleNamespace(outputs=[SimpleNamespace(index=k, **completion) for k in range(p["n"])])
+                for p in params]
+
+    sampler = object.__new__(VLLMSampler)
+    sampler.model_name, sampler.tokenizer = "stand-in", build_tiny_tokenizer()
+    sampler.stop_token_ids, sampler.is_seeded_per_request = [5], is_seeded_per_request
+    sampler._vllm, sampler.llm = SimpleNamespace(SamplingParams=dict), SimpleNamespace(generate=generate)
+    return sampler, calls
+
+
+def test_gpu_defaults_vllm_gets_at_least_256_prompts_per_generate_call():
+    from xlpref.sampling import SampleRequest, SamplingParams
+
+    requests = [SampleRequest(i, "en", f"Prompt number {i}.", "") for i in range(300)]
+    sampler, calls = _offline_vllm_sampler()
+    records = sampler.sample(requests, SamplingParams(n=2, batch_size=8, max_new_tokens=4), progress=False)
+    assert [len(call) for call in calls] == [256, 44] and len(records) == 600
+    assert len({call["seed"] for batch in calls for call in batch}) == 300  # one seed per request
+
+
+def test_gpu_defaults_vllm_without_per_request_seeds_sends_no_seed():
+    from xlpref.sampling import SampleRequest, SamplingParams
+
+    sampler, calls = _offline_vllm_sampler(is_seeded_per_request=False)
+    sampler.sample([SampleRequest("a", "en", "Hi", "")], SamplingParams(), progress=False)
+    assert "seed" not in calls[0][0]
+
+
+def test_gpu_defaults_lm_eval_batch_size_is_auto_on_cuda_and_1_on_cpu():
+    from harness.evaluation.capabilities import lm_eval_batch_size
+    from xlpref.errors import InputError
+
+    assert lm_eval_batch_size(None, "cuda") == "auto" and lm_eval_batch_size(None, "cuda:1") == "auto"
+    assert lm_eval_batch_size(None, "cpu") == 1 and lm_eval_batch_size(8, "cuda") == 8
+    with pytest.raises(InputError, match="'auto'"):
+        lm_eval_batch_size(0, "cpu")
+
+
+def test_gpu_defaults_evaluation_outputs_use_the_sampling_engine_settings(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.config import load_config
+    from harness.loop import _vllm_options
+
+    config = load_config(Path(__file__).parent / "fixtures" / "tiny_run.yaml",
+                         overrides={"run_dir": str(tmp_path), "sampling": {"backend": "vllm", "tensor_parallel_size": 2,
+                                                                          "is_seeded_per_request": False}})
+    ctx = SimpleNamespace(config=config)
+    assert _vllm_options(ctx, "vllm", 9) == {"tensor_parallel_size": 2, "data_parallel_size": 1,
+                                             "is_seeded_per_request": False, "seed": 9}
+    assert _vllm_options(ctx, "hf", 9) == {}
