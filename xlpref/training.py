@@ -310,7 +310,7 @@ def count_parameters(model: str | tuple) -> int | None:
     path = resolve_model_path(model)
     try:
         model_config = AutoConfig.from_pretrained(_adapter_base(path) or path)
-    except OSError:
+    except (OSError, ValueError):  # offline hub id, or an architecture this transformers does not know
         return None
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(model_config)
