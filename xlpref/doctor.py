@@ -264,8 +264,7 @@ def memory_estimates() -> list[dict]:
     disables the adapter instead. checkpoints: each layer's bf16 input for chosen + rejected rows
     (gradient checkpointing); recompute: one layer's activations, about (4 x hidden + 4 x intermediate)
     bf16 values a token (attention through SDPA/flash, no sequence-squared matrix); trl's fused head
-    never holds the full logits. CUDA context, allocator fragmentation and NCCL buffers (a few GB) are not
-    counted.
+    never holds the full logits. CUDA context, allocator fragmentation and NCCL buffers are not counted.
     """
     rows = []
     for recipe, architecture, method, processes, batch, length, rank in RECIPES:
