@@ -5,8 +5,8 @@
 #
 # Writes OUT_DIR/{nvidia-smi.txt, doctor.json, doctor.txt, tests.txt, memory-estimates.txt} and prints
 # the doctor's tables. Needs a Python with the CUDA torch and this package's dependencies (PYTHON,
-# default .venv/bin/python, else python3); vLLM and DeepSpeed are used when installed. About 3-5
-# minutes, most of it vLLM's engine start and the accelerate launch of the training ranks.
+# default .venv/bin/python, else python3); vLLM and DeepSpeed are used when installed. Not yet
+# timed on a GPU (no GPU was lent so far); on a 2-core CPU machine it took 65 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-gpu-check}}"
