@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare-baselines": ("harness.commands.baselines_cmd:compare_baselines", "Run ICR, LIDR, English-only; one table."),
     "capabilities": ("harness.commands.capabilities_cmd:capabilities", "Capability suites (lm-eval) on a model."),
     "bench": ("harness.commands.bench_cmd:bench", "Performance benchmarks against naive baselines."),
+    "doctor": ("harness.commands.doctor_cmd:doctor", "Versions, GPUs, and a short check of every GPU path here."),
 }
 
 

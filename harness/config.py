@@ -66,6 +66,8 @@ class SamplingConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
+    is_seeded_per_request: bool = Field(True, description="vllm: a seed per request (resumable); false: one "
+                                        "engine seed, faster sampling (docs/scaling.md)")
 
     check_backend = _registered("sampler", "backend")
 

@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,15 @@ def load_run_data(config: RunConfig) -> tuple[dict, dict, dict]:
 
 
 def _release() -> None:
+    """Return a finished stage's memory: objects in reference cycles, then the CUDA allocator's cache.
+
+    Without ``empty_cache`` the parent keeps the stage's freed blocks reserved on GPU 0, and the next
+    training rank 0 or vLLM engine (which checks free memory) finds too little.
+    """
     gc.collect()
+    torch = sys.modules.get("torch")  # a stage that never imported torch has nothing cached
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # -- the stages -------------------------------------------------------------------------------------
@@ -90,15 +99,21 @@ def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
                             seed=ctx.config.seed + t, batch_size=cfg.batch_size)
     ctx.console.rule(f"[bold]iteration {t}: evaluate {policy}")
     paths = generate_outputs(policy, ctx.instructions, out_dir, generator=f"{ctx.config.name}-iter{t}",
-                             backend=cfg.backend, params=params)
+                             backend=cfg.backend, params=params, **_vllm_options(ctx, cfg.backend, params.seed))
+    _release()
     judge = load_judge(cfg.judge, **cfg.judge_options)
     metrics = {}
-    for lang in ctx.config.languages:
-        metrics[lang] = evaluate_outputs(paths[lang], ctx.references[lang], judge, out_dir / lang,
-                                         instruction_difficulty=ctx.config.data.instruction_difficulty,
-                                         seed=cfg.switch_seed)
+    try:
+        for lang in ctx.config.languages:
+            metrics[lang] = evaluate_outputs(paths[lang], ctx.references[lang], judge, out_dir / lang,
+                                             instruction_difficulty=ctx.config.data.instruction_difficulty,
+                                             seed=cfg.switch_seed)
+    finally:
+        getattr(judge, "close", lambda: None)()  # a local judge's model goes before lm-eval loads the policy
+        _release()
     tokens = sum(m.get("n_total", 0) for m in metrics.values())
     _record_results(ctx, t, policy, out_dir, judge)
+    _release()
     ctx.stage_done(stage, time.perf_counter() - start, items=tokens)
     log_iteration_metrics(ctx.config.training.report_to, ctx.store.root, t, metrics, run_name=ctx.config.name)
     return metrics
@@ -159,10 +174,7 @@ def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
                             seed=ctx.config.seed + t, batch_size=cfg.batch_size)
     ctx.console.rule(f"[bold]iteration {t}: sample ({cfg.backend}, n={cfg.n})")
     start = time.perf_counter()
-    options = {}
-    if cfg.backend == "vllm":
-        options = {"tensor_parallel_size": cfg.tensor_parallel_size, "data_parallel_size": cfg.data_parallel_size}
-    sampler = make_sampler(cfg.backend, policy, **options)
+    sampler = make_sampler(cfg.backend, policy, **_vllm_options(ctx, cfg.backend, params.seed))
     try:
         records = sample_to_log(sampler, requests, params, log)
     finally:
@@ -171,6 +183,15 @@ def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
     ctx.stage_done(stage, time.perf_counter() - start, records=len(records),
                    tokens=sum(r.get("n_response_tokens", 0) for r in records))
     return records
+
+
+def _vllm_options(ctx: RunContext, backend: str, seed: int) -> dict:
+    """The sampling section's engine settings, for sampling and evaluation outputs alike."""
+    cfg = ctx.config.sampling
+    if backend != "vllm":
+        return {}
+    return {"tensor_parallel_size": cfg.tensor_parallel_size, "data_parallel_size": cfg.data_parallel_size,
+            "is_seeded_per_request": cfg.is_seeded_per_request, "seed": seed}
 
 
 def reward_models(ctx: RunContext, policy: str) -> tuple[str, str]:

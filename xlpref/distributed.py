@@ -42,6 +42,7 @@ from xlpref.train_worker import RANKS_DIR
 from xlpref.training import (
     TrainConfig,
     TrainResult,
+    check_full_fine_tuning,
     check_pair,
     completed_training,
     load_pairs_for_training,
@@ -91,6 +92,7 @@ def check_launch(model: object, config: TrainConfig, launcher: str, num_processe
         raise InputError("every rank loads the model itself; expected a model spec or folder, not an in-memory model",
                          field="model")
     if deepspeed is None:
+        check_full_fine_tuning(model, config, is_deepspeed=False)  # before N ranks each load the model
         return
     if deepspeed not in DEEPSPEED_STAGES:
         raise InputError(f"{deepspeed!r}; expected one of {list(DEEPSPEED_STAGES)}", field="deepspeed")

@@ -1,7 +1,7 @@
 """Summed log-probabilities of responses given prompts, without full-vocabulary logits.
 
 ``response_logprobs(model, [(prompt_ids, response_ids), ...])`` returns, per item, the sum over the
-response positions of ``log p(token | all before)`` (fp32 logits, float64 sums);
+response positions of ``log p(token | all before)`` (fp32 logits whatever the weights' dtype, float64 sums);
 ``paired_response_logprobs(policy, reference, items)`` does it for two models on one plan.
 transformers' causal-LM forward computes logits for every position; for a 262k vocabulary and
 thousands of tokens that is gigabytes spent on prompt positions, hence this path:
@@ -140,10 +140,11 @@ def plan_windows(items: Sequence[Item], max_batch_tokens: int) -> list[Window]:
 class _TokenLogprobs:
     """Target-token log-probabilities from final hidden states (fp32), without a full-vocabulary logits tensor."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, is_rounded_to_weight_dtype: bool = False) -> None:
         import torch
 
         self.head = model.get_output_embeddings()
+        self.is_rounded_to_weight_dtype = is_rounded_to_weight_dtype
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.scale = getattr(config, "logit_scale", None)  # Cohere-style heads multiply the logits
@@ -156,7 +157,8 @@ class _TokenLogprobs:
         import torch
 
         mine, theirs = self.head, other.head
-        if (self.softcap, self.scale, type(mine)) != (other.softcap, other.scale, type(theirs)):
+        if ((self.softcap, self.scale, type(mine), self.is_rounded_to_weight_dtype)
+                != (other.softcap, other.scale, type(theirs), other.is_rounded_to_weight_dtype)):
             return False
         if mine is theirs or mine.weight is theirs.weight:
             return True
@@ -195,26 +197,37 @@ class _TokenLogprobs:
         return logits
 
     def project(self, hidden: Any, start: int, stop: int, out: Any) -> Any:
-        """Logits of vocabulary entries ``start:stop`` for the rows of ``hidden``, written into ``out``."""
+        """fp32 logits of vocabulary entries ``start:stop`` for the (fp32) rows of ``hidden``, written into ``out``.
+
+        The weight tile is upcast to fp32 first (a no-op for fp32 weights): a bf16 matmul would round
+        every logit to bf16's 8 significant bits (0.06 at a logit of 20) before the log-sum-exp.
+        """
         import torch
 
-        weight, bias = self.head.weight[start:stop], self.head.bias
+        weight, bias = self.head.weight[start:stop].float(), self.head.bias
         if bias is None:
-            return torch.mm(hidden, weight.t(), out=out)
-        return torch.addmm(bias[start:stop], hidden, weight.t(), out=out)
+            logits = torch.mm(hidden, weight.t(), out=out)
+        else:
+            logits = torch.addmm(bias[start:stop].float(), hidden, weight.t(), out=out)
+        if self.is_rounded_to_weight_dtype:  # what a bf16 model's own forward computes, for comparison
+            logits.copy_(logits.to(self.head.weight.dtype))
+        return logits
 
     def _tiled(self, hidden: Any, targets: Any) -> Any:
         # log p(target) = logit(target) - logsumexp(logits), the log-sum-exp accumulated tile by tile
         # (running maximum, float64 sums); the same value as a log-softmax up to the logits' fp32 rounding.
+        # Matmul and log-sum-exp run in fp32 whatever the weight dtype (see project()).
         import torch
 
-        hidden = hidden.to(self.head.weight.dtype)
-        rows = hidden.shape[0]
+        hidden = hidden.float()
+        rows, width = hidden.shape
         budget = LOGITS_TILE_ELEMENTS if hidden.device.type == "cpu" else ACCELERATOR_LOGITS_TILE_ELEMENTS
         columns = max(1, budget // rows)
+        if self.head.weight.dtype != torch.float32:  # each tile's fp32 weight copy stays within the same budget
+            columns = min(columns, max(1, budget // width))
         if columns >= TILE_ALIGNMENT:
             columns -= columns % TILE_ALIGNMENT
-        tile = torch.empty((rows, min(columns, self.vocab)), dtype=hidden.dtype, device=hidden.device)
+        tile = torch.empty((rows, min(columns, self.vocab)), dtype=torch.float32, device=hidden.device)
         running_max = torch.full((rows,), -float("inf"), dtype=torch.float32, device=hidden.device)
         sums = torch.zeros(rows, dtype=torch.float64, device=hidden.device)
         target_logits = torch.empty(rows, dtype=torch.float32, device=hidden.device)
@@ -355,10 +368,13 @@ class _PendingProjection:
 
 
 def paired_response_logprobs(policy: Any, reference: Any, sequences: list[Item], *, max_batch_tokens: int = 4096,
-                             device: Any = None) -> tuple[list[float], list[float]]:
+                             device: Any = None, is_rounded_to_weight_dtype: bool = False,
+                             ) -> tuple[list[float], list[float]]:
     """:func:`response_logprobs` of both models, on one pass plan (one shared projection when the heads are equal).
 
     ``reference=None`` scores the policy alone (the second list is then empty).
+    ``is_rounded_to_weight_dtype``: round each logit to the weights' dtype before the log-sum-exp, as a
+    bf16 model's own forward does (the authors' scores); off by default (fp32 logits).
 
     Raises:
         InputError: an empty prompt, or token ids outside a model's vocabulary.
@@ -369,7 +385,7 @@ def paired_response_logprobs(policy: Any, reference: Any, sequences: list[Item],
     for model in models:
         _check_items(model, sequences, max_batch_tokens)
     device = torch.device(device) if device is not None else next(policy.parameters()).device
-    heads = [_TokenLogprobs(model) for model in models]
+    heads = [_TokenLogprobs(model, is_rounded_to_weight_dtype=is_rounded_to_weight_dtype) for model in models]
     is_shared = len(heads) == 2 and heads[0].is_same_as(heads[1])
     totals = [[0.0] * len(sequences) for _ in models]
     pending = _PendingProjection(heads, is_shared, sequences, totals)
@@ -386,15 +402,18 @@ def paired_response_logprobs(policy: Any, reference: Any, sequences: list[Item],
 
 
 def response_logprobs(model: Any, sequences: list[Item], *, max_batch_tokens: int = 4096,
-                      device: Any = None) -> list[float]:
+                      device: Any = None, is_rounded_to_weight_dtype: bool = False) -> list[float]:
     """Sum of ``log p(response token | all before)`` over the response tokens of each (prompt, response).
 
     Args:
         sequences: (prompt ids, response ids) items; items with the same prompt in one pass share its encoding.
         max_batch_tokens: padded tokens (prompt included) per forward pass; a longer item runs alone.
         device: where the inputs go (default: the device of the model's parameters).
+        is_rounded_to_weight_dtype: round the logits to the weights' dtype (bf16) before the log-sum-exp,
+            as the model's own bf16 forward does; by default they stay fp32 whatever the weights' dtype.
 
     Raises:
         InputError: an empty prompt, or token ids outside the model's vocabulary.
     """
-    return paired_response_logprobs(model, None, sequences, max_batch_tokens=max_batch_tokens, device=device)[0]
+    return paired_response_logprobs(model, None, sequences, max_batch_tokens=max_batch_tokens, device=device,
+                                    is_rounded_to_weight_dtype=is_rounded_to_weight_dtype)[0]

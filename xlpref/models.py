@@ -89,6 +89,36 @@ def ensure_chat_template(tokenizer: Any) -> Any:
     return tokenizer
 
 
+#: Assistant text rendered into a one-turn chat to find what the template writes right after it.
+_TURN_PROBE = "xlpref end of turn probe"
+
+
+def end_of_turn_token_id(tokenizer: Any) -> int | None:
+    """The token the chat template writes right after an assistant turn's content, else the tokenizer's eos.
+
+    A model stops when it generates that token, whatever its generation config lists as eos: Llama-3
+    SFT models close turns with ``<|eot_id|>`` while their config may list only ``<|end_of_text|>``.
+    Found by rendering a one-turn chat with the template (no model-specific table); the token must be
+    a special (added) token, since the text after a turn in some templates is a plain newline. Used
+    by the samplers (as a stop token) and by the reward's token span.
+    """
+    eos = tokenizer.eos_token_id
+    if not getattr(tokenizer, "chat_template", None):
+        return eos
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _TURN_PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(chat, tokenize=False)
+    except Exception:  # a template that refuses this chat (jinja raises its own exception types): fall back
+        return eos
+    if not isinstance(text, str) or _TURN_PROBE not in text:
+        return eos
+    after = text[text.rindex(_TURN_PROBE) + len(_TURN_PROBE):]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    special = set(tokenizer.all_special_ids) | {i for i, token in tokenizer.added_tokens_decoder.items()
+                                                if getattr(token, "special", False)}
+    return ids[0] if ids and ids[0] in special else eos
+
+
 # -- tiny random models --------------------------------------------------------------------------
 
 # A small multilingual corpus (several scripts) the tiny tokenizer is trained on; byte-level BPE

@@ -224,11 +224,13 @@ class HFSampler:
         else:
             self.model, self.tokenizer = model
             self.model_name = getattr(self.model, "name_or_path", "") or "in-memory"
-        from xlpref.models import ensure_chat_template
+        from xlpref.models import end_of_turn_token_id, ensure_chat_template
 
         ensure_chat_template(self.tokenizer)
         eos = self.model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        # The template's end-of-turn token too: a generation config may list only another eos.
+        self.eos_ids = (set(eos if isinstance(eos, list) else [eos])
+                        | {self.tokenizer.eos_token_id, end_of_turn_token_id(self.tokenizer)})
         self.eos_ids.discard(None)
         self._stop_criteria: dict[tuple[str, ...], Any] = {}
 
@@ -278,7 +280,7 @@ class HFSampler:
             output = self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=params.max_new_tokens,
                 repetition_penalty=params.repetition_penalty, stopping_criteria=self._stopping_criteria(stops),
-                pad_token_id=self.tokenizer.pad_token_id,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids),
                 **decoding)
         generated = output[:, input_ids.shape[1]:].tolist()
         records = []

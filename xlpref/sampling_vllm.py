@@ -54,6 +54,10 @@ from xlpref.sampling import (
 )
 
 GiB = 1 << 30
+#: Prompts handed to ``LLM.generate`` per call, at least: vLLM schedules continuously only across the
+#: sequences of one call, so a call of 8 prompts leaves the GPU idle between calls. Per-request seeds
+#: make the samples independent of the grouping; a smaller ``batch_size`` only meant more frequent writes.
+MIN_PROMPTS_PER_CALL = 256
 
 
 def _import_vllm() -> Any:
@@ -79,7 +83,14 @@ class VLLMSampler:
         max_model_len: prompt + response token limit; default the model's.
 
     ``params.batch_size`` is the number of prompts handed to vLLM per ``generate`` call (records reach
-    the caller per call): use hundreds, vLLM's continuous batching wants many sequences in flight.
+    the caller per call), at least :data:`MIN_PROMPTS_PER_CALL`: vLLM's continuous batching wants many
+    sequences in flight.
+
+    ``is_seeded_per_request`` (default true): each request carries its own seed, so samples do not
+    depend on batching and a resumed run equals an uninterrupted one. vLLM 0.32 then samples on its
+    PyTorch path with one noise kernel per seeded sequence per step, and on CUDA skips FlashInfer's
+    top-p sampler (``vllm/v1/sample/ops/topk_topp_sampler.py``); false seeds the engine once
+    (``seed``) and samples faster, reproducible only for the same batches.
     """
 
     name = "vllm"
@@ -87,7 +98,7 @@ class VLLMSampler:
     def __init__(self, model: Any, *, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
                  gpu_memory_utilization: float | None = None, kv_cache_gib: float | None = None,
                  enforce_eager: bool | None = None, max_model_len: int | None = None,
-                 dtype: str | None = None, seed: int = 0) -> None:
+                 dtype: str | None = None, seed: int = 0, is_seeded_per_request: bool = True) -> None:
         if not isinstance(model, str):
             raise InputError("the vllm backend loads models itself; expected a model spec or folder, not an "
                              "in-memory (model, tokenizer) pair")
@@ -104,7 +115,9 @@ class VLLMSampler:
 
         is_cpu = current_platform.is_cpu()
         self.model_name = model
+        self.is_seeded_per_request = is_seeded_per_request
         self.tokenizer = load_tokenizer(model)
+        self.stop_token_ids = self.stop_tokens_of(self.tokenizer)
         path = resolve_model_path(model)
         if kv_cache_gib is None and is_cpu:
             kv_cache_gib = 1.0
@@ -124,6 +137,14 @@ class VLLMSampler:
         self.startup_seconds = time.perf_counter() - start
         self._vllm = vllm
 
+    @staticmethod
+    def stop_tokens_of(tokenizer: Any) -> list[int]:
+        """The template's end-of-turn token and the tokenizer's eos: vLLM itself stops only at the
+        generation config's eos, which may be another token (Llama-3 SFT models)."""
+        from xlpref.models import end_of_turn_token_id
+
+        return sorted({end_of_turn_token_id(tokenizer), tokenizer.eos_token_id} - {None})
+
     def sample(self, requests: Sequence[SampleRequest], params: SamplingParams, *,
                skip_keys: Collection[tuple] = (), on_records: Callable[[list[dict]], None] | None = None,
                progress: bool = True) -> list[dict]:
@@ -132,7 +153,8 @@ class VLLMSampler:
         prompt_ids = [chat_prompt_ids(self.tokenizer, r.prompt) for r in requests]
         todo = [i for i, r in enumerate(requests) if not all(k in skip for k in sample_keys(r, params.n))]
         # Per-request seeds make batch composition irrelevant to the output; length order just groups work.
-        batches = [[todo[j] for j in b] for b in plan_batches([len(prompt_ids[i]) for i in todo], params.batch_size)]
+        per_call = max(params.batch_size, MIN_PROMPTS_PER_CALL)
+        batches = [[todo[j] for j in b] for b in plan_batches([len(prompt_ids[i]) for i in todo], per_call)]
         stops = stop_strings(self.tokenizer, params)
         out: list[dict] = []
         with progress_bar(len(todo) * params.n, progress, f"sampling ({self.name})") as bar:
@@ -152,8 +174,9 @@ class VLLMSampler:
 
     def _vllm_params(self, params: SamplingParams, stops: list[str], request: SampleRequest) -> Any:
         sampling = dict(n=params.n, max_tokens=params.max_new_tokens, repetition_penalty=params.repetition_penalty,
-                        stop=stops or None, seed=derived_seed(params.seed, request.lang, request.id),
-                        skip_special_tokens=True)
+                        stop=stops or None, stop_token_ids=list(self.stop_token_ids), skip_special_tokens=True)
+        if self.is_seeded_per_request:
+            sampling["seed"] = derived_seed(params.seed, request.lang, request.id)
         if params.is_greedy:
             sampling.update(temperature=0.0)
         else:

@@ -103,7 +103,9 @@ class TrainConfig(BaseModel):
     num_processes: int = Field(1, description="processes of the training group (xlpref.distributed); must match it")
     lr_scheduler_type: str = Field("linear", description=f"one of {list(SCHEDULERS)}")
     warmup_ratio: float = 0.0
-    gradient_checkpointing: bool = False
+    # Recompute activations in the backward pass (an 8B model's activations at 4096 tokens do not fit an
+    # 80 GB GPU otherwise); None: on with CUDA, off on CPU (where memory is not the limit), resolved at train time.
+    gradient_checkpointing: Optional[bool] = Field(None, description="recompute activations; null: on with CUDA, off on CPU")
     evaluate_held_in: bool = Field(False, description="after training, record trl's margins on the training pairs")
 
     def validate(self, *, is_tracker_checked: bool = True) -> None:
@@ -153,12 +155,18 @@ class TrainConfig(BaseModel):
         return self.precompute_ref_log_probs and self.num_processes == 1
 
     def fingerprint_fields(self) -> dict:
-        """The settings that change the trained weights (reporting and evaluation do not)."""
-        return {k: v for k, v in self.settings().items() if k not in ("report_to", "evaluate_held_in")}
+        """The settings that change the trained weights (reporting, evaluation and checkpointing do not)."""
+        return {k: v for k, v in self.settings().items()
+                if k not in ("report_to", "evaluate_held_in", "gradient_checkpointing")}
 
     def settings(self) -> dict:
         """This stage's settings as plain data (a subclass's extra fields left out)."""
         return self.model_dump(include=set(TrainConfig.model_fields))
+
+    def uses_gradient_checkpointing(self, use_cuda: bool) -> bool:
+        """The checkpointing setting, None resolved for the device: on with CUDA, off on CPU."""
+        return use_cuda if self.gradient_checkpointing is None else self.gradient_checkpointing
+
 
 
 def check_trackers(report_to: list[str]) -> None:
@@ -278,8 +286,10 @@ def _trl_args(config: TrainConfig, work_dir: str, *, use_cuda: bool, progress: b
         gradient_accumulation_steps=config.grad_accum, max_length=config.max_length,
         precompute_ref_log_probs=config.uses_precomputed_reference,
         lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_ratio,
-        gradient_checkpointing=config.gradient_checkpointing,
-        # bf16 autocast on GPU over fp32 weights; plain fp32 on CPU (trl would turn bf16 on everywhere).
+        gradient_checkpointing=config.uses_gradient_checkpointing(use_cuda),
+        # non-reentrant checkpointing works with frozen inputs (LoRA) and DDP; trl switches it back for LoRA + ZeRO-3
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        # bf16 on GPU (autocast, or DeepSpeed's bf16 mode); plain fp32 on CPU (trl would turn bf16 on everywhere).
         bf16=use_cuda, fp16=False, use_cpu=not use_cuda, dataloader_pin_memory=use_cuda,
         report_to=list(config.report_to) or "none", push_to_hub=False,
         save_strategy="no", eval_strategy="no", logging_steps=0.02, logging_first_step=True,  # ~50 log rows
@@ -290,17 +300,96 @@ def _trl_args(config: TrainConfig, work_dir: str, *, use_cuda: bool, progress: b
     return DPOConfig(**common, loss_type=[config.loss, "sft"], loss_weights=[1.0, config.nll_weight])
 
 
-def _load(model: str | tuple) -> tuple[Any, Any]:
+#: Full fine-tuning of a larger model without ZeRO or LoRA is refused: fp32 weights, gradients and Adam's
+#: two moments take 16 bytes a parameter per process (an 8B model: 128 GB), more than one 80 GB GPU holds.
+FULL_FINE_TUNING_MAX_PARAMETERS = 3_000_000_000
+
+
+def count_parameters(model: str | tuple) -> int | None:
+    """Parameters of a model spec (a skeleton on the meta device: nothing loaded) or an in-memory model;
+    None when the config cannot be read (a hub id offline)."""
+    if not isinstance(model, str):
+        return sum(p.numel() for p in model[0].parameters())
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from xlpref.models import _adapter_base, resolve_model_path
+
+    path = resolve_model_path(model)
+    try:
+        model_config = AutoConfig.from_pretrained(_adapter_base(path) or path)
+    except (OSError, ValueError):  # offline hub id, or an architecture this transformers does not know
+        return None
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(model_config)
+    return sum(p.numel() for p in skeleton.parameters())  # tied weights counted once
+
+
+def check_full_fine_tuning(model: str | tuple, config: TrainConfig, *, is_deepspeed: bool) -> None:
+    """Refuse full fine-tuning above :data:`FULL_FINE_TUNING_MAX_PARAMETERS` without ZeRO or LoRA."""
+    if config.lora or is_deepspeed:
+        return
+    n = count_parameters(model)
+    if n is not None and n > FULL_FINE_TUNING_MAX_PARAMETERS:
+        raise InputError(
+            f"full fine-tuning of {n / 1e9:.1f}B parameters needs about {16 * n / 1e9:.0f} GB per process (fp32 "
+            "weights, gradients and Adam state) and is refused without ZeRO or LoRA; expected --deepspeed zero3 "
+            "(with --launcher accelerate on several GPUs: the state is sharded over them) or --lora (a frozen bf16 "
+            "base)", field="lora")
+
+
+def training_dtypes(config: TrainConfig, *, use_cuda: bool, is_deepspeed: bool) -> tuple[Any, Any]:
+    """(policy dtype, reference dtype) at load.
+
+    On CPU both fp32. On CUDA the frozen reference is bf16 (it only runs forward, under bf16 autocast
+    anyway); the policy is bf16 under DeepSpeed (which keeps its own fp32 master weights) and with LoRA
+    (the base is frozen; peft keeps the adapters in fp32), and fp32 otherwise: a plain optimizer
+    updates the weights themselves, and bf16 would round small updates away.
+    """
     import torch
 
-    from xlpref.models import default_device, ensure_chat_template, load_model
+    if not use_cuda:
+        return torch.float32, torch.float32
+    policy = torch.bfloat16 if is_deepspeed or config.lora else torch.float32
+    return policy, torch.bfloat16
 
-    if isinstance(model, str):
-        # fp32 master weights also on GPU: the trainer adds bf16 autocast.
-        policy, tokenizer = load_model(model, device=default_device(), dtype=torch.float32)
-    else:
+
+def _load(model: str | tuple, dtype: Any = None, *, is_deepspeed: bool = False) -> tuple[Any, Any]:
+    """A (model, tokenizer) to train. Under DeepSpeed the weights are not moved: the engine places them
+    (and under ZeRO-3 ``from_pretrained`` already loaded this rank's shard)."""
+    import torch
+
+    from xlpref.models import _adapter_base, default_device, ensure_chat_template, load_model, resolve_model_path
+
+    dtype = dtype or torch.float32
+    if not isinstance(model, str):
         policy, tokenizer = model
+    elif is_deepspeed and not _adapter_base(resolve_model_path(model)):
+        from transformers import AutoModelForCausalLM
+
+        from xlpref.models import _use_safetensors, load_tokenizer
+
+        path = resolve_model_path(model)
+        policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=_use_safetensors(path, False))
+        tokenizer = load_tokenizer(model)
+    else:
+        policy, tokenizer = load_model(model, device=default_device(), dtype=dtype)
     return policy, ensure_chat_template(tokenizer)
+
+
+def _reference_model(model: str | tuple, policy: Any, config: TrainConfig, dtype: Any, *, is_deepspeed: bool) -> Any:
+    """The frozen reference that runs at every step, or None where trl needs none (LoRA disables the
+    adapter; precomputed log-probs come from the policy before its first step).
+
+    A spec is loaded again in ``dtype`` (bf16 on CUDA: half an fp32 copy, and under ZeRO-3 sharded like
+    the policy); an in-memory policy has no path to load from and is copied.
+    """
+    if config.lora or config.uses_precomputed_reference:
+        return None
+    if not isinstance(model, str):
+        return copy.deepcopy(policy).eval()
+    reference, _ = _load(model, dtype, is_deepspeed=is_deepspeed)
+    return reference.eval().requires_grad_(False)
 
 
 def train_dpo(model: str | tuple, pairs: list[dict], output_dir: str | Path, config: TrainConfig,
@@ -332,12 +421,20 @@ def train_dpo(model: str | tuple, pairs: list[dict], output_dir: str | Path, con
 
     _check_world_size(config.num_processes, _launched_world_size())  # before loading: a wrong launch fails fast
     start = time.perf_counter()
-    policy, tokenizer = _load(model)
     use_cuda = torch.cuda.is_available()
-    dataset = _conversational(pairs, config.loss, config.max_prompt_length, tokenizer, config.seed)
+    config = config.model_copy(update={"gradient_checkpointing": config.uses_gradient_checkpointing(use_cuda)})  # as it ran
     with tempfile.TemporaryDirectory(prefix="xlpref-train-") as work_dir, \
             _completion_only_head(config.completion_only_head):
-        trainer = _build_trainer(policy, tokenizer, dataset, config, work_dir, use_cuda=use_cuda, progress=progress)
+        # trl's config before the model: under ZeRO-3 it registers the DeepSpeed config that makes
+        # from_pretrained load each rank's shard instead of the whole model on every rank.
+        args = _trl_args(config, work_dir, use_cuda=use_cuda, progress=progress)
+        is_deepspeed = getattr(args, "deepspeed_plugin", None) is not None
+        check_full_fine_tuning(model, config, is_deepspeed=is_deepspeed)
+        policy_dtype, reference_dtype = training_dtypes(config, use_cuda=use_cuda, is_deepspeed=is_deepspeed)
+        policy, tokenizer = _load(model, policy_dtype, is_deepspeed=is_deepspeed)
+        reference = _reference_model(model, policy, config, reference_dtype, is_deepspeed=is_deepspeed)
+        dataset = _conversational(pairs, config.loss, config.max_prompt_length, tokenizer, config.seed)
+        trainer = _build_trainer(policy, reference, tokenizer, dataset, config, args, progress=progress)
         accelerator = trainer.accelerator
         _check_world_size(config.num_processes, accelerator.num_processes)
         counter = _micro_batch_counter()
@@ -400,22 +497,17 @@ def _micro_batch_counter() -> Any:
     return MicroBatchCounter()
 
 
-def _build_trainer(policy: Any, tokenizer: Any, dataset: Any, config: TrainConfig, work_dir: str, *,
-                   use_cuda: bool, progress: bool) -> Any:
+def _build_trainer(policy: Any, ref_model: Any, tokenizer: Any, dataset: Any, config: TrainConfig, args: Any, *,
+                   progress: bool) -> Any:
     from trl import DPOTrainer, KTOTrainer
 
-    args = _trl_args(config, work_dir, use_cuda=use_cuda, progress=progress)
     peft_config = None
     if config.lora:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules=config.lora_target_modules or "all-linear", task_type="CAUSAL_LM")
-    # The reference is the starting policy. With LoRA trl disables the adapter; with precomputed
-    # log-probs trl uses the policy before its first step; otherwise it needs a frozen copy (trl
-    # would reload it from the model's path, which in-memory models lack).
-    needs_copy = not config.lora and not config.uses_precomputed_reference
-    ref_model = copy.deepcopy(policy).eval() if needs_copy else None
+    # The reference is the starting policy (see _reference_model).
     trainer_cls = KTOTrainer if config.loss == "kto" else DPOTrainer
     with _datasets_progress(progress):
         trainer = trainer_cls(model=policy, ref_model=ref_model, args=args, train_dataset=dataset,

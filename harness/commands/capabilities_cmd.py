@@ -74,7 +74,8 @@ def _split(text: str) -> list[str]:
               help="Folder of local lm-eval task YAML files (data_files relative to each YAML).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="First N documents per task (tests, smoke runs).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-size", default=None,
+              help="Documents per forward: N or auto (default: auto on CUDA, lm-eval's search; 1 on CPU).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--row", default=None, help="Results row id (or folder) whose capabilities.json gets the scores.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
@@ -82,7 +83,7 @@ def _split(text: str) -> list[str]:
               help="JSON file for the scores, lm-eval's results (trimmed), versions and config.")
 @click.pass_obj
 def capabilities(obj: Any, suite: str, model_spec: str, tasks: str, langs: str, include_path: Path | None,
-               limit: int | None, batch_size: int, device: str | None, row: str | None, results_dir: Path,
+               limit: int | None, batch_size: str | None, device: str | None, row: str | None, results_dir: Path,
                out: Path | None) -> None:
     """Run a capability suite on MODEL; print the scores, write -o OUT.json and the row's capabilities.json."""
     from harness.evaluation.capabilities import (
@@ -95,6 +96,10 @@ def capabilities(obj: Any, suite: str, model_spec: str, tasks: str, langs: str, 
     from xlpref.errors import InputError
     from xlpref.jsonio import write_json_atomic
 
+    if batch_size is not None and batch_size != "auto":
+        if not batch_size.isdigit() or int(batch_size) < 1:
+            raise InputError(f"got {batch_size!r}; expected an integer >= 1 or 'auto'", field="--batch-size")
+        batch_size = int(batch_size)
     names = expand_tasks(_split(tasks), _split(langs))
     if include_path is not None:
         check_task_folder(include_path)

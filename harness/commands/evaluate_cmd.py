@@ -75,7 +75,8 @@ def _judge_caption(judge: Any, agreement: dict | None) -> str:
 @click.option("--temperature", type=float, default=None, help="Default: the benchmark's 0.6.")
 @click.option("--top-p", type=float, default=None, help="Default: the benchmark's 0.9.")
 @click.option("--max-new-tokens", type=int, default=None, help="Default: the benchmark's 2048.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Prompts per batch.")
+@click.option("--batch-size", type=int, default=8, show_default=True,
+              help="Prompts per batch (hf); vllm takes at least 256 per generate call.")
 @click.pass_obj
 def generate(obj: Any, model: str, langs: str, out_dir: Path, data_dir: Path | None, mini: bool, limit: int | None,
              generator: str | None, backend: str, temperature: float | None, top_p: float | None,

@@ -220,7 +220,17 @@ def load_tasks(manager: Any, names: Sequence[str]) -> list[Any]:
     return loaded
 
 
-def _load_lm(model_spec: str, *, batch_size: int, device: str | None) -> tuple[Any, dict]:
+def lm_eval_batch_size(batch_size: int | str | None, device: str) -> int | str:
+    """lm-eval's batch size: as given, else ``"auto"`` on CUDA (lm-eval finds the largest batch that fits)
+    and 1 on CPU (its search runs full-length forwards from batch 64 down: minutes on a CPU)."""
+    if batch_size is None:
+        return "auto" if device.startswith("cuda") else 1
+    if batch_size == "auto" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
+        return batch_size
+    raise InputError(f"got {batch_size!r}; expected an integer >= 1 or 'auto'", field="batch_size")
+
+
+def _load_lm(model_spec: str, *, batch_size: int | str | None, device: str | None) -> tuple[Any, dict]:
     """lm-eval's HF model for one of our specs (built-in, folder, LoRA folder, hub id)."""
     from lm_eval.models.huggingface import HFLM
 
@@ -228,6 +238,7 @@ def _load_lm(model_spec: str, *, batch_size: int, device: str | None) -> tuple[A
 
     path = resolve_model_path(model_spec)
     device = device or default_device()
+    batch_size = lm_eval_batch_size(batch_size, device)
     base = _adapter_base(path)
     args = {"pretrained": base or path, "dtype": "bfloat16" if device.startswith("cuda") else "float32"}
     if base:
@@ -291,7 +302,7 @@ def _score_names(loaded: Sequence[Any], results: Mapping[str, Any], higher_is_be
 
 
 def evaluate_suite(model_spec: str, tasks: str | Sequence[str], *, include_path: str | Path | None = None,
-                   limit: int | None = None, batch_size: int = 1, seed: int = 42,
+                   limit: int | None = None, batch_size: int | str | None = None, seed: int = 42,
                    device: str | None = None) -> dict:
     """Run lm-eval's tasks on a model; returns the scores and lm-eval's results trimmed to what matters.
 
@@ -300,6 +311,7 @@ def evaluate_suite(model_spec: str, tasks: str | Sequence[str], *, include_path:
             :func:`recommended_tasks`.
         include_path: a folder of local task YAML files, searched before lm-eval's own tasks.
         limit: the first N documents of each task (smoke tests); None for all.
+        batch_size: see :func:`lm_eval_batch_size` (default: "auto" on CUDA, 1 on CPU).
 
     Returns:
         {"scores": {task: score}, "results", "versions", "n-shot", "n-samples", "higher_is_better"
@@ -342,7 +354,7 @@ def evaluate_suite(model_spec: str, tasks: str | Sequence[str], *, include_path:
 
 
 def run_capability_suite(model_spec: str, tasks: str | Sequence[str], *, include_path: str | Path | None = None,
-                         limit: int | None = None, batch_size: int = 1, seed: int = 42,
+                         limit: int | None = None, batch_size: int | str | None = None, seed: int = 42,
                          device: str | None = None) -> dict[str, dict]:
     """{task: {"metric", "value", "stderr", "n_docs", ...}} for one model: what the ICR loop calls per iteration."""
     return evaluate_suite(model_spec, tasks, include_path=include_path, limit=limit, batch_size=batch_size,

@@ -55,6 +55,7 @@ class LocalHFLogprobJudge:
         self.chunk_size = 4 * self.batch_size
         self.counters = new_counters()
         self._model, self._tokenizer = model, tokenizer
+        self._is_model_owned = model is None  # close() drops only a model this judge loaded itself
 
     @classmethod
     def from_config(cls, config: JudgeConfig) -> LocalHFLogprobJudge:
@@ -69,6 +70,12 @@ class LocalHFLogprobJudge:
 
         ensure_chat_template(self._tokenizer)
         return self._model, self._tokenizer
+
+    def close(self) -> None:
+        """Drop the model this judge loaded (loaded again on the next uncached pair): the loop frees memory
+        between stages."""
+        if self._is_model_owned:
+            self._model = self._tokenizer = None
 
     def choice_token_ids(self) -> dict[str, int]:
         """The vocabulary id of each choice token of the parser; each must be one token."""
