@@ -187,9 +187,9 @@ def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
 
 def _vllm_options(ctx: RunContext, backend: str, seed: int) -> dict:
     """The sampling section's engine settings, for sampling and evaluation outputs alike."""
-    cfg = ctx.config.sampling
     if backend != "vllm":
         return {}
+    cfg = ctx.config.sampling
     return {"tensor_parallel_size": cfg.tensor_parallel_size, "data_parallel_size": cfg.data_parallel_size,
             "is_seeded_per_request": cfg.is_seeded_per_request, "seed": seed}
 
