@@ -55,7 +55,9 @@ def time_cli(samples: Path, out: Path, policy: str, reference: str, threads: int
     """``xlpref score`` in its own process: (scoring seconds it printed, response tokens)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads), "COLUMNS": "200"}
     command = [sys.executable, "-m", "harness.cli", "score", str(samples), "--policy", policy, "--reference",
-               reference, "--reward", "cross-lingual", "-o", str(out)]
+               reference, "--reward", "cross-lingual",
+               # the naive scorer sums y_1..y_m: compare the same tokens
+               "--token-span", "response", "-o", str(out)]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     match = re.search(r"scored (\d+) response tokens in ([\d.]+) s", done.stdout)
     if done.returncode != 0 or not match:
