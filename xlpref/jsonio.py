@@ -156,3 +156,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def append_jsonl_durably(path: str | Path, rows: Iterable[dict]) -> None:
+    """Append rows to a JSONL file in one write, flushed and fsynced (a crash loses at most a torn last line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(dumps(r) + "\n" for r in rows))
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -20,12 +20,11 @@ Example::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
 from xlpref.errors import InputError
-from xlpref.jsonio import dumps, iter_jsonl, write_jsonl_atomic
+from xlpref.jsonio import append_jsonl_durably, iter_jsonl, write_jsonl_atomic
 
 
 class RecordLog:
@@ -84,11 +83,7 @@ class RecordLog:
                 new.append(rec)
         if not new:
             return
-        self.partial_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.partial_path, "a", encoding="utf-8") as handle:
-            handle.write("".join(dumps(r) + "\n" for r in new))
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_jsonl_durably(self.partial_path, new)
 
     def finish(self, order: Sequence[tuple] | None = None) -> list[dict]:
         """Write the finished artifact atomically (in ``order`` of keys when given) and drop the partial."""

@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,7 +40,7 @@ from harness.judges.base import Judge, JudgeItem, Judgement, alpaca_eval_modules
 from harness.judges.loading import read_agreement
 from harness.evaluation.model_outputs import load_model_outputs
 from xlpref.errors import InputError
-from xlpref.jsonio import dumps, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from xlpref.jsonio import append_jsonl_durably, iter_jsonl, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +80,7 @@ class AnnotationCache:
             self._answers[record["key"]] = record
         if self.path is None or not records:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write("".join(dumps(r) + "\n" for r in records))
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_jsonl_durably(self.path, records)
 
 
 def align_outputs(model_outputs: Sequence[dict], reference_outputs: Sequence[dict]) -> list[tuple[dict, dict]]:
