@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare-baselines": ("harness.commands.baselines_cmd:compare_baselines", "Run ICR, LIDR, English-only; one table."),
     "eval": ("harness.commands.capabilities_cmd:eval_suite", "Capability suites (lm-eval) on a model."),
     "bench": ("harness.commands.bench_cmd:bench", "Performance benchmarks against naive baselines."),
+    "language-check": ("harness.commands.language_cmd:language_check", "Answer languages of outputs, samples or pairs."),
 }
 
 

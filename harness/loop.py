@@ -97,7 +97,7 @@ def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
     for lang in ctx.config.languages:
         metrics[lang] = evaluate_outputs(paths[lang], ctx.references[lang], judge, out_dir / lang,
                                          instruction_difficulty=ctx.config.data.instruction_difficulty,
-                                         seed=ctx.config.seed)
+                                         seed=ctx.config.seed, lang=lang)
     tokens = sum(m.get("n_total", 0) for m in metrics.values())
     _record_results(ctx, t, policy, out_dir, judge)
     ctx.stage_done(stage, time.perf_counter() - start, items=tokens)

@@ -148,9 +148,10 @@ def _reference_generator(data_dir: Path, requested: str | None, lang: str) -> st
 
 
 def summary_table(metrics: dict[str, dict], caption: str) -> Table:
-    """One line per language: n, win rate +- SE, LC, average length, unparsed."""
+    """One line per language: n, win rate +- SE, LC, average length, unparsed, answer-language columns."""
     table = Table(title="X-AlpacaEval", caption=caption)
-    for name in ("lang", "n", "win rate", "LC win rate", "avg length", "unparsed"):
+    for name in ("lang", "n", "win rate", "LC win rate", "avg length", "unparsed", "in lang %", "mixed %",
+                 "gated WR"):
         table.add_column(name, justify="left" if name == "lang" else "right")
 
     def number(value: Any, se: Any = None) -> str:
@@ -161,7 +162,8 @@ def summary_table(metrics: dict[str, dict], caption: str) -> Table:
     for lang, m in metrics.items():
         table.add_row(lang, str(m.get("n_total", "-")), number(m.get("win_rate"), m.get("standard_error")),
                       number(m.get("length_controlled_winrate")), str(m.get("avg_length", "-")),
-                      str(m.get("n_unparsed", 0)))
+                      str(m.get("n_unparsed", 0)), number(m.get("target_language_rate")),
+                      number(m.get("mixed_language_rate")), number(m.get("language_gated_winrate")))
     return table
 
 
@@ -210,7 +212,7 @@ def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, 
                                       instructions)
         target = out_dir / lang if out_dir is not None else path.parent / judge.name
         metrics[lang] = evaluate_outputs(path, refs, judge, target, instruction_difficulty=difficulty,
-                                         seed=switch_seed)
+                                         seed=switch_seed, lang=lang)
         console.print(f"{lang}: {target / 'annotations.json'}, {target / 'metrics.json'}")
     calls = judge.counters
     caption = (_judge_caption(judge, read_agreement(judge)) + f"; reference {next(iter(metrics.values()))['reference']}"
