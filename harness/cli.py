@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("harness.commands.capabilities_cmd:eval_suite", "Capability suites (lm-eval) on a model."),
     "bench": ("harness.commands.bench_cmd:bench", "Performance benchmarks against naive baselines."),
     "language-check": ("harness.commands.language_cmd:language_check", "Answer languages of outputs, samples or pairs."),
+    "reward-accuracy": ("harness.commands.reward_accuracy_cmd:reward_accuracy", "Implicit reward vs a judge, per language."),
 }
 
 
