@@ -148,10 +148,9 @@ def _reference_generator(data_dir: Path, requested: str | None, lang: str) -> st
 
 
 def summary_table(metrics: dict[str, dict], caption: str) -> Table:
-    """One line per language: n, win rate +- SE, LC, average length, unparsed, answer-language columns."""
+    """One line per language: n, win rate +- SE, LC, average length, unparsed."""
     table = Table(title="X-AlpacaEval", caption=caption)
-    for name in ("lang", "n", "win rate", "LC win rate", "avg length", "unparsed", "in lang %", "mixed %",
-                 "gated WR"):
+    for name in ("lang", "n", "win rate", "LC win rate", "avg length", "unparsed"):
         table.add_column(name, justify="left" if name == "lang" else "right")
 
     def number(value: Any, se: Any = None) -> str:
@@ -162,8 +161,19 @@ def summary_table(metrics: dict[str, dict], caption: str) -> Table:
     for lang, m in metrics.items():
         table.add_row(lang, str(m.get("n_total", "-")), number(m.get("win_rate"), m.get("standard_error")),
                       number(m.get("length_controlled_winrate")), str(m.get("avg_length", "-")),
-                      str(m.get("n_unparsed", 0)), number(m.get("target_language_rate")),
-                      number(m.get("mixed_language_rate")), number(m.get("language_gated_winrate")))
+                      str(m.get("n_unparsed", 0)))
+    return table
+
+
+def language_table(metrics: dict[str, dict]) -> Table:
+    """One line per language: outputs in the instruction's language, mixed, the language-gated win rate."""
+    table = Table(title="answer language", caption="gated WR: outputs in another language count as losses "
+                  "(docs/diagnostics.md)")
+    for name in ("lang", "in lang %", "mixed %", "gated WR", "turned to losses"):
+        table.add_column(name, justify="left" if name == "lang" else "right")
+    for lang, m in metrics.items():
+        cells = [m.get(k) for k in ("target_language_rate", "mixed_language_rate", "language_gated_winrate")]
+        table.add_row(lang, *("-" if v is None else f"{v:.2f}" for v in cells), str(m.get("n_language_gated", "-")))
     return table
 
 
@@ -218,6 +228,7 @@ def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, 
     caption = (_judge_caption(judge, read_agreement(judge)) + f"; reference {next(iter(metrics.values()))['reference']}"
                f"; {calls['calls']} judge calls, ${calls['cost_usd']:.4f}")
     Console().print(summary_table(metrics, caption))
+    Console().print(language_table(metrics))
 
 
 # -- judge agreement ------------------------------------------------------------------------------
