@@ -12,14 +12,23 @@ import math
 
 import pytest
 from click.testing import CliRunner
+from results_fixtures import add_row
 from rich.console import Console
 
 from harness.cli import cli
-from harness.metrics.language import REPORT_KEYS, gated_preferences, language_gated_winrate, language_report
-from harness.results.comparison import check_regression, compare_language, render_language_comparison
+from harness.metrics.language import (
+    REPORT_KEYS,
+    gated_preferences,
+    language_gated_winrate,
+    language_report,
+)
+from harness.results.comparison import (
+    check_regression,
+    compare_language,
+    render_language_comparison,
+)
 from harness.results.leaderboard import leaderboard_frame, render_leaderboard
 from harness.results.rows import read_row, read_rows
-from results_fixtures import add_row
 from xlpref.language_id import identify, is_mixed, load_identifier, sentences
 from xlpref.pairs import build_pairs, render_pairs_summary
 

@@ -35,8 +35,9 @@ from __future__ import annotations
 import functools
 import importlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from xlpref.errors import InputError
 
@@ -126,7 +127,7 @@ class Lingua:
         return _script_checked(Detection(code, float(values[0].value)), text)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_identifier(name: str = DEFAULT_IDENTIFIER) -> LanguageIdentifier:
     """The backend registered as ``name``, built once per process."""
     if name not in IDENTIFIERS:

@@ -86,7 +86,11 @@ def render_reports(reports: dict[str, dict], title: str) -> Table:
 @click.option("--json", "as_json", is_flag=True, help="Print n, languages, target_rate, mixed_rate, empty as JSON.")
 def language_check(path: Path, lang: str | None, identifier: str | None, as_json: bool) -> None:
     """Languages of the texts in PATH (model_outputs.json, SAMPLES or PAIRS JSONL) against their target."""
-    from harness.metrics.language import REPORT_KEYS, language_report, reports_by_language
+    from harness.metrics.language import (
+        REPORT_KEYS,
+        language_report,
+        reports_by_language,
+    )
     from xlpref.language_id import DEFAULT_IDENTIFIER, load_identifier
     from xlpref.languages import language_name
 

@@ -114,7 +114,11 @@ def reward_accuracy(obj: Any, policy: str, reference: str, annotations_path: Pat
                     limit: int | None, data_dir: Path | None, n_boot: int, max_batch_tokens: int,
                     as_json: bool) -> None:
     """Agreement of the implicit reward's ranking with a judge's preferences, per language."""
-    from harness.metrics.reward_accuracy import CLEAR_MARGIN, agreement, annotation_samples
+    from harness.metrics.reward_accuracy import (
+        CLEAR_MARGIN,
+        agreement,
+        annotation_samples,
+    )
     from xlpref.languages import language_name
     from xlpref.models import load_model
     from xlpref.reward import check_same_tokenizer, score_records

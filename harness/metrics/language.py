@@ -25,9 +25,16 @@ Example::
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from xlpref.language_id import DEFAULT_IDENTIFIER, LanguageIdentifier, identify, is_mixed, load_identifier
+from xlpref.language_id import (
+    DEFAULT_IDENTIFIER,
+    LanguageIdentifier,
+    identify,
+    is_mixed,
+    load_identifier,
+)
 
 #: Keys of :func:`language_report`, in order (``xlpref language-check --json`` prints exactly these).
 REPORT_KEYS = ("n", "languages", "target_rate", "mixed_rate", "empty")

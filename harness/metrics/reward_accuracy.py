@@ -29,7 +29,8 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,7 +92,7 @@ def agreement(rewards_1: Sequence[float], rewards_2: Sequence[float], preference
         raise InputError(f"{len(margins)} reward margins for {len(sides)} preferences; expected one per pair")
     # 1 when the reward picks the judge's side, 0 when the other, one half on a reward tie
     scores = np.where(margins == 0, 0.5, (np.sign(margins) == np.sign(sides)).astype(float))
-    out: dict[str, Any] = {"n_pairs": int(len(sides))}
+    out: dict[str, Any] = {"n_pairs": len(sides)}
     for name, mask in (("all", sides != 0), ("clear", np.abs(sides) >= CLEAR_MARGIN)):
         chosen = scores[mask]
         out[f"n_{name}"] = int(mask.sum())
