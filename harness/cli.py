@@ -48,6 +48,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "capabilities": ("harness.commands.capabilities_cmd:capabilities", "Capability suites (lm-eval) on a model."),
     "bench": ("harness.commands.bench_cmd:bench", "Performance benchmarks against naive baselines."),
     "doctor": ("harness.commands.doctor_cmd:doctor", "Versions, GPUs, and a short check of every GPU path here."),
+    "language-check": ("harness.commands.language_cmd:language_check", "Answer languages of outputs, samples or pairs."),
+    "reward-accuracy": ("harness.commands.reward_accuracy_cmd:reward_accuracy", "Implicit reward vs a judge, per language."),
 }
 
 

@@ -107,7 +107,7 @@ def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
         for lang in ctx.config.languages:
             metrics[lang] = evaluate_outputs(paths[lang], ctx.references[lang], judge, out_dir / lang,
                                              instruction_difficulty=ctx.config.data.instruction_difficulty,
-                                             seed=cfg.switch_seed)
+                                             seed=cfg.switch_seed, lang=lang)
     finally:
         getattr(judge, "close", lambda: None)()  # a local judge's model goes before lm-eval loads the policy
         _release()

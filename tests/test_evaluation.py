@@ -148,6 +148,7 @@ def test_evaluate_command_bring_your_own_outputs(tmp_path, api_key, capsys):
     metrics = json.loads((tmp_path / "byo" / "fr" / "weighted_gpt4_turbo_multilingual" / "metrics.json").read_text())
     assert metrics["n_total"] == 6 and metrics["reference"] == "xlpref-mini-reference"
     assert metrics["annotator"] == "weighted_gpt4_turbo_multilingual" and "win rate" in out
+    assert metrics["target_language_rate"] is not None and "answer language" in out
 
 
 def test_bad_outputs_file_exits_2(tmp_path, capsys):

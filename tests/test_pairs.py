@@ -21,7 +21,7 @@ def group(lang, id_, candidates, prompt="p"):
 
 def test_argmax_argmin_without_length_control():
     rows = group("es", 1, [("b", 0.5), ("best", 2.0), ("worst", -1.0)], prompt="Escribe")
-    result = build_pairs(rows, length_control=False)
+    result = build_pairs(rows, length_control=False, language_rates=False)
     assert result.pairs == [{"id": 1, "lang": "es", "prompt": "Escribe", "chosen": "best", "rejected": "worst",
                              "chosen_reward": 2.0, "rejected_reward": -1.0, "alpha": 0.0}]
     assert result.summary["es"] == {"pairs": 1, "skipped_few_distinct": 0, "skipped_equal_rewards": 0,
@@ -186,8 +186,8 @@ def test_summary_renders_a_row_per_language():
     text = console.export_text()
     rows = [line.split("│")[1:-1] for line in text.splitlines() if line.startswith("│ ")]
     assert [[cell.strip() for cell in row] for row in rows] == [
-        ["es", "1", "0", "0", "0", "0", "1.0", "1.0"],
-        ["zh", "0", "1", "0", "0", "0", "-", "-"],
+        ["es", "1", "0", "0", "0", "0", "1.0", "1.0", "-", "-", "-"],
+        ["zh", "0", "1", "0", "0", "0", "-", "-", "-", "-", "-"],
     ]
 
 

@@ -24,7 +24,12 @@ Decisions (METHOD.md step 3, made exact):
 - A pair: ``id``, ``lang``, ``prompt`` (the target-language instruction of the samples),
   ``chosen``, ``rejected``, ``chosen_reward``, ``rejected_reward`` (raw rewards), ``alpha``; pairs come in
   the order their group first appears in the input. The summary per language: ``pairs``, the three
-  skip counts, ``alpha``, ``mean_len_chosen``, ``mean_len_rejected`` (None without pairs).
+  skip counts, ``alpha``, ``mean_len_chosen``, ``mean_len_rejected`` (None without pairs), and the
+  answer-language check (``language_rates``, on by default): ``target_rate_samples``,
+  ``target_rate_chosen``, ``target_rate_rejected``, the percent of the language's responses, of its
+  chosen and of its rejected responses identified in that language
+  (:func:`xlpref.language_id.target_language_rate`; None where no text has letters): a reward that
+  prefers answers in the wrong language shows as chosen below rejected before training on it.
 - A NaN or infinite reward, a missing field or a wrong type raises :class:`InputError` naming the
   file (``source``), line (record position + 1) and field.
 
@@ -153,11 +158,13 @@ def _group_records(records: list[dict]) -> dict[tuple, list[int]]:
 
 
 def build_pairs(records: list[dict], *, length_control: bool = True, alpha_step: float = 0.001,
-                upper_bound: float | None = None, source: str | None = None) -> PairsResult:
+                upper_bound: float | None = None, source: str | None = None,
+                language_rates: bool = True) -> PairsResult:
     """One (chosen, rejected) pair per (lang, id) from scored records; see the module docstring for the rules.
 
     Args:
         source: the file the records came from, named in errors (line = position + 1).
+        language_rates: add the target-language rates of samples, chosen and rejected to the summary.
 
     Raises:
         InputError: a missing field, a wrong type, a NaN or infinite reward, a bad alpha_step or upper_bound.
@@ -216,24 +223,42 @@ def build_pairs(records: list[dict], *, length_control: bool = True, alpha_step:
             "mean_len_chosen": float(np.mean([len(p["chosen"]) for p in made])) if made else None,
             "mean_len_rejected": float(np.mean([len(p["rejected"]) for p in made])) if made else None,
         }
+        if language_rates:
+            summary[lang].update(_language_rates(lang, [records[i]["response"] for k in groups if k[0] == lang
+                                                        for i in groups[k]], made))
     return PairsResult([pair_of_group[k] for k in groups if k in pair_of_group], summary)
 
 
+def _language_rates(lang: str, responses: list[str], pairs: list[dict]) -> dict[str, float | None]:
+    from xlpref.language_id import target_language_rate
+
+    return {"target_rate_samples": target_language_rate(responses, lang),
+            "target_rate_chosen": target_language_rate([p["chosen"] for p in pairs], lang),
+            "target_rate_rejected": target_language_rate([p["rejected"] for p in pairs], lang)}
+
+
+LANGUAGE_RATE_COLUMNS = {"target_rate_samples": "in lang % all", "target_rate_chosen": "in lang % chosen",
+                         "target_rate_rejected": "in lang % rejected"}
+
+
 def render_pairs_summary(summary: dict[str, dict]) -> Any:
-    """The summary as a rich table, one row per language."""
+    """The summary as a rich table, one row per language (with the answer-language rates when present)."""
     from rich.table import Table
 
-    table = Table(title="preference pairs (skipped groups; mean lengths in characters)")
+    has_rates = any("target_rate_samples" in row for row in summary.values())
+    table = Table(title="preference pairs (skipped groups; mean lengths in characters"
+                        + ("; % of responses in the prompt's language)" if has_rates else ")"))
     for column in ("lang", "pairs", "skip <2 distinct", "skip equal", "skip bound", "alpha", "len chosen",
-                   "len rejected"):
+                   "len rejected", *(LANGUAGE_RATE_COLUMNS.values() if has_rates else ())):
         table.add_column(column, justify="left" if column == "lang" else "right")
     for lang, row in summary.items():
         def length(value: float | None) -> str:
             return "-" if value is None else f"{value:.1f}"
 
+        rates = [length(row.get(key)) for key in LANGUAGE_RATE_COLUMNS] if has_rates else []
         table.add_row(lang, str(row["pairs"]), str(row["skipped_few_distinct"]), str(row["skipped_equal_rewards"]),
                       str(row["skipped_upper_bound"]), f"{row['alpha']:g}", length(row["mean_len_chosen"]),
-                      length(row["mean_len_rejected"]))
+                      length(row["mean_len_rejected"]), *rates)
     english = sum(row.get("skipped_english_translate", 0) for row in summary.values())
     if english:
         table.caption = f"{english} English groups make no pair under the translate-to-english reward (as the authors')"

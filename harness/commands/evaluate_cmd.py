@@ -183,6 +183,18 @@ def summary_table(metrics: dict[str, dict], caption: str) -> Table:
     return table
 
 
+def language_table(metrics: dict[str, dict]) -> Table:
+    """One line per language: outputs in the instruction's language, mixed, the language-gated win rate."""
+    table = Table(title="answer language", caption="gated WR: outputs in another language count as losses "
+                  "(docs/diagnostics.md)")
+    for name in ("lang", "in lang %", "mixed %", "gated WR", "turned to losses"):
+        table.add_column(name, justify="left" if name == "lang" else "right")
+    for lang, m in metrics.items():
+        cells = [m.get(k) for k in ("target_language_rate", "mixed_language_rate", "language_gated_winrate")]
+        table.add_row(lang, *("-" if v is None else f"{v:.2f}" for v in cells), str(m.get("n_language_gated", "-")))
+    return table
+
+
 @click.command()
 @click.argument("outputs", type=click.Path(path_type=Path))
 @click.option("--judge", "judge_name", required=True,
@@ -228,12 +240,13 @@ def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, 
                                       instructions)
         target = out_dir / lang if out_dir is not None else path.parent / judge.name
         metrics[lang] = evaluate_outputs(path, refs, judge, target, instruction_difficulty=difficulty,
-                                         seed=switch_seed)
+                                         seed=switch_seed, lang=lang)
         console.print(f"{lang}: {target / 'annotations.json'}, {target / 'metrics.json'}")
     calls = judge.counters
     caption = (_judge_caption(judge, read_agreement(judge)) + f"; reference {next(iter(metrics.values()))['reference']}"
                f"; {calls['calls']} judge calls, ${calls['cost_usd']:.4f}")
     Console().print(summary_table(metrics, caption))
+    Console().print(language_table(metrics))
 
 
 # -- judge agreement ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Example::
     xlpref leaderboard --results-dir results --langs en,es,de,fr,ru --metric lc
     xlpref compare paper-icr-iter0 paper-icr-iter2
     xlpref check demo-iter1 --against demo-iter0 --tolerance 1.0 --metric lc   # exit 0 pass, 1 regressed
+    xlpref check demo-iter1 --against demo-iter0 --max-language-drop 5         # also gate answer language
     xlpref plot --run paper-icr -o results/plots
 """
 
@@ -72,7 +73,7 @@ def compare(obj, row_a: str, row_b: str, results_dir: Path, langs: str | None, n
 
     ROW_A and ROW_B are row ids (in RESULTS_DIR or RESULTS_DIR/published) or row folders.
     """
-    from harness.results.comparison import compare_rows, render_comparison
+    from harness.results.comparison import compare_language, compare_rows, render_comparison, render_language_comparison
     from harness.results.rows import resolve_row
     from xlpref.languages import parse_languages
 
@@ -80,6 +81,9 @@ def compare(obj, row_a: str, row_b: str, results_dir: Path, langs: str | None, n
     frame = compare_rows(a, b, langs=parse_languages(langs) if langs else None, n_boot=n_boot,
                          seed=global_seed(obj), confidence=confidence)
     Console().print(render_comparison(frame))
+    language = compare_language(a, b, langs=parse_languages(langs) if langs else None)
+    if not language.empty:
+        Console().print(render_language_comparison(language))
 
 
 @click.command()
@@ -93,19 +97,24 @@ def compare(obj, row_a: str, row_b: str, results_dir: Path, langs: str | None, n
 @click.option("--fail-on-significant", is_flag=True,
               help="Also fail a language whose WR is significantly lower (paired bootstrap).")
 @click.option("--n-boot", type=click.IntRange(min=100), default=2000, show_default=True)
+@click.option("--max-language-drop", type=float, default=None, metavar="POINTS",
+              help="Also fail a language whose in-language rate falls, or mixed rate rises, by more than POINTS.")
 @click.pass_obj
 def check(obj, run_row: str, baseline: str, results_dir: Path, tolerance: float, metric: str, langs: str | None,
-          fail_on_significant: bool, n_boot: int) -> None:
+          fail_on_significant: bool, n_boot: int, max_language_drop: float | None) -> None:
     """Regression gate: exit 0 when RUN_ROW holds up against the baseline, 1 when it regressed, 2 on bad input."""
-    from harness.results.comparison import check_regression, render_check
+    from harness.results.comparison import check_regression, render_check, render_language_check
     from harness.results.rows import resolve_row
     from xlpref.languages import parse_languages
 
     result = check_regression(resolve_row(run_row, results_dir), resolve_row(baseline, results_dir),
                               tolerance=tolerance, metric=metric, langs=parse_languages(langs) if langs else None,
-                              fail_on_significant=fail_on_significant, n_boot=n_boot, seed=global_seed(obj))
+                              fail_on_significant=fail_on_significant, n_boot=n_boot, seed=global_seed(obj),
+                              max_language_drop=max_language_drop)
     console = Console()
     console.print(render_check(result))
+    if result.language_table is not None:
+        console.print(render_language_check(result.language_table))
     for failure in result.failures:
         console.print(f"[red]regressed[/] {failure}")
     if not result.passed:

@@ -237,7 +237,7 @@ def _judge_into_cache(judge: Judge, todo: dict[str, JudgeItem], cache: Annotatio
 
 def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: list[dict], judge: Judge,
                      out_dir: str | Path, *, instruction_difficulty: Any = None, cache_path: str | Path | None = None,
-                     seed: int = 0, progress: bool = True) -> dict:
+                     seed: int = 0, progress: bool = True, lang: str | None = None) -> dict:
     """Annotate, then write ``out_dir/annotations.json`` and ``out_dir/metrics.json``; returns the metrics.
 
     Args:
@@ -245,6 +245,8 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
         instruction_difficulty: a CSV path or a Series (``harness.metrics.difficulty.load_instruction_difficulty``)
             for the length-controlled win rate; None fits it without.
         cache_path: the judge cache (default ``out_dir/judge_cache.jsonl``).
+        lang: the instructions' language; with it the metrics gain the answer-language columns of
+            :func:`harness.metrics.language.language_metrics` (target and mixed rate, gated win rate).
     """
     from harness.metrics.difficulty import load_instruction_difficulty
     from harness.metrics.winrate import compute_metrics
@@ -273,6 +275,10 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
         "annotator_config_hash": judge.config_hash, "annotator_agreement": read_agreement(judge),
         "reference": reference, "n_unparsed": len(records) - len(annotations),
     })
+    if lang is not None:
+        from harness.metrics.language import language_metrics
+
+        metrics.update(language_metrics([r["output"] for r in records], annotations, lang))
     write_json_atomic(out_dir / "metrics.json", metrics)
     # Calls and cost of this invocation only (a resumed evaluation pays for the rest): kept apart so
     # metrics.json depends only on the annotations, not on how often the run was interrupted.

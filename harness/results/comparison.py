@@ -27,7 +27,8 @@ import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
-from harness.results.leaderboard import METRIC_COLUMNS, METRIC_NAMES, canonical_order, check_metric, reasons_footnote
+from harness.results.leaderboard import (LANGUAGE_COLUMNS, METRIC_COLUMNS, METRIC_NAMES, canonical_order,
+                                         check_metric, reasons_footnote)
 from harness.results.rows import Row
 from xlpref.errors import InputError
 from xlpref.languages import check_languages
@@ -163,11 +164,13 @@ class CheckResult:
     passed: bool
     failures: list[str]
     table: pd.DataFrame = field(repr=False)
+    #: the answer-language gate's lines (``max_language_drop``), else None
+    language_table: pd.DataFrame | None = field(default=None, repr=False)
 
 
 def check_regression(run_row: Row, baseline_row: Row, *, tolerance: float = 1.0, metric: str = "lc",
                      langs: Sequence[str] | None = None, fail_on_significant: bool = False,
-                     n_boot: int = 2000, seed: int = 0) -> CheckResult:
+                     n_boot: int = 2000, seed: int = 0, max_language_drop: float | None = None) -> CheckResult:
     """Fail a language (or the average) when run < baseline - tolerance (points of ``metric``).
 
     Args:
@@ -176,6 +179,8 @@ def check_regression(run_row: Row, baseline_row: Row, *, tolerance: float = 1.0,
             lower (needs annotations in both rows).
         metric: "lc" or "wr"; with "lc", a gated language whose LC is not estimable in either row makes
             the whole gate use WR instead (``table.attrs["lc_not_estimable"]`` says why).
+        max_language_drop: also fail a language whose target-language rate fell, or whose mixed rate
+            rose, by more than this many points (:func:`check_language`).
     Raises:
         InputError: different judges, a negative tolerance, or a baseline without ``metric``.
     """
@@ -227,7 +232,12 @@ def check_regression(run_row: Row, baseline_row: Row, *, tolerance: float = 1.0,
     table["is_significantly_worse"] = table["is_significantly_worse"].astype("boolean")
     table.attrs.update(run=run_row.row_id, baseline=baseline_row.row_id, metric=metric, tolerance=tolerance,
                        lc_not_estimable=not_estimable)
-    return CheckResult(passed=not failures, failures=failures, table=table)
+    language_table = None
+    if max_language_drop is not None:
+        language_table, language_failures = check_language(run_row, baseline_row, langs=langs,
+                                                           max_drop=max_language_drop)
+        failures += language_failures
+    return CheckResult(passed=not failures, failures=failures, table=table, language_table=language_table)
 
 
 def render_check(result: CheckResult) -> Table:
@@ -247,3 +257,117 @@ def render_check(result: CheckResult) -> Table:
         table.add_row(line.lang, _number(line.baseline), _number(line.run), _number(line.delta, signed=True),
                       Text(line.status, style=style))
     return table
+
+
+# -- answer-language fidelity ---------------------------------------------------------------------
+
+#: language column suffix -> (display name, True when higher is better)
+_LANGUAGE_DIRECTIONS = {"target": ("in-language %", True), "mixed": ("mixed %", False), "gated_wr": ("gated WR", True)}
+
+
+def _language_value(row: Row, lang: str, suffix: str) -> float:
+    key = next(k for k, v in LANGUAGE_COLUMNS.items() if v == suffix)
+    value = row.metrics.get(lang, {}).get(key)
+    return float(value) if value is not None else math.nan
+
+
+def compare_language(row_a: Row, row_b: Row, *, langs: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per language and averaged: target-language rate, mixed rate and language-gated WR of A and B, and B - A.
+
+    Returns:
+        Columns lang, then ``{target,mixed,gated_wr}_{a,b}`` and ``delta_{target,mixed,gated_wr}``
+        (points; NaN where a row lacks the number). Empty when neither row has language numbers.
+    """
+    langs = _shared_languages(row_a, row_b, langs)
+    lines = []
+    for lang in langs:
+        line = {"lang": lang}
+        for suffix in _LANGUAGE_DIRECTIONS:
+            a, b = _language_value(row_a, lang, suffix), _language_value(row_b, lang, suffix)
+            line.update({f"{suffix}_a": a, f"{suffix}_b": b, f"delta_{suffix}": b - a})
+        lines.append(line)
+    frame = pd.DataFrame(lines)
+    if frame.empty or frame.drop(columns="lang").isna().all().all():
+        return frame.iloc[0:0]
+    average = {"lang": "avg", **{c: frame[c].mean(skipna=False) for c in frame.columns if c != "lang"}}
+    frame = pd.concat([frame, pd.DataFrame([average])], ignore_index=True)
+    frame.attrs.update(row_a=row_a.row_id, row_b=row_b.row_id)
+    return frame
+
+
+def render_language_comparison(frame: pd.DataFrame) -> Table:
+    """The answer-language comparison: A, B and B - A per number (changes for the worse in red)."""
+    a, b = frame.attrs.get("row_a", "A"), frame.attrs.get("row_b", "B")
+    table = Table(title=f"answer language, B minus A (A = {a}, B = {b})", caption_justify="left",
+                  caption="in-language %: outputs identified in the instruction's language · mixed %: outputs "
+                          "mixing languages · gated WR: WR with wrong-language outputs as losses (docs/diagnostics.md)")
+    table.add_column("lang", no_wrap=True)
+    for suffix, (name, _) in _LANGUAGE_DIRECTIONS.items():
+        for column in (f"{name} A", f"{name} B", "Δ"):
+            table.add_column(column, justify="right", no_wrap=True)
+    for line in frame.to_dict("records"):
+        cells = []
+        for suffix, (_, higher_is_better) in _LANGUAGE_DIRECTIONS.items():
+            delta = line[f"delta_{suffix}"]
+            is_worse = not pd.isna(delta) and (delta < 0 if higher_is_better else delta > 0)
+            cells += [_number(line[f"{suffix}_a"]), _number(line[f"{suffix}_b"]),
+                      Text(_number(delta, signed=True), style="red" if is_worse else "")]
+        table.add_row(line["lang"], *cells, end_section=line["lang"] == frame["lang"].iloc[-2] if len(frame) > 1
+                      else False)
+    return table
+
+
+def check_language(run_row: Row, baseline_row: Row, *, langs: Sequence[str] | None = None,
+                   max_drop: float = 5.0) -> tuple[pd.DataFrame, list[str]]:
+    """The answer-language gate: a language fails when its target-language rate fell, or its mixed rate
+    rose, by more than ``max_drop`` points against the baseline.
+
+    Returns:
+        (lines: lang, baseline/run target and mixed rates, status; failure messages)
+    Raises:
+        InputError: a negative ``max_drop``, or a baseline without language numbers in a gated language.
+    """
+    if not math.isfinite(max_drop) or max_drop < 0:
+        raise InputError(f"max language drop {max_drop!r}; expected a number of points >= 0",
+                         field="max_language_drop")
+    langs = check_languages(list(langs)) if langs is not None else canonical_order(baseline_row.languages)
+    missing = [lang for lang in langs if math.isnan(_language_value(baseline_row, lang, "target"))]
+    if missing:
+        raise InputError(f"baseline {baseline_row.row_id!r} has no target_language_rate for {missing}; expected "
+                         "metrics.json evaluated with the answer-language columns (docs/diagnostics.md)")
+    lines, failures = [], []
+    for lang in langs:
+        line = {"lang": lang, "status": "ok"}
+        for suffix in ("target", "mixed"):
+            line[f"baseline_{suffix}"] = _language_value(baseline_row, lang, suffix)
+            line[f"run_{suffix}"] = _language_value(run_row, lang, suffix)
+        if math.isnan(line["run_target"]):
+            line["status"] = "missing"
+            failures.append(f"{lang}: the run has no target_language_rate")
+        elif line["run_target"] < line["baseline_target"] - max_drop:
+            line["status"] = "language dropped"
+            failures.append(f"{lang}: in-language {line['run_target']:.1f}% < baseline "
+                            f"{line['baseline_target']:.1f}% - {max_drop:.1f}")
+        elif (not math.isnan(line["run_mixed"]) and not math.isnan(line["baseline_mixed"])
+              and line["run_mixed"] > line["baseline_mixed"] + max_drop):
+            line["status"] = "more mixing"
+            failures.append(f"{lang}: mixed {line['run_mixed']:.1f}% > baseline {line['baseline_mixed']:.1f}% + "
+                            f"{max_drop:.1f}")
+        lines.append(line)
+    table = pd.DataFrame(lines)
+    table.attrs.update(run=run_row.row_id, baseline=baseline_row.row_id, max_drop=max_drop)
+    return table, failures
+
+
+def render_language_check(table: pd.DataFrame) -> Table:
+    """The answer-language gate's lines; failures in red."""
+    result = Table(title=f"answer language: {table.attrs.get('run')} against {table.attrs.get('baseline')}",
+                   caption=f"fails when in-language % falls or mixed % rises by more than "
+                           f"{table.attrs.get('max_drop', 0):.1f} points", caption_justify="left")
+    for column in ("lang", "baseline in-language %", "run in-language %", "baseline mixed %", "run mixed %", "status"):
+        result.add_column(column, justify="left" if column in ("lang", "status") else "right", no_wrap=True)
+    for line in table.to_dict("records"):
+        result.add_row(line["lang"], _number(line["baseline_target"]), _number(line["run_target"]),
+                       _number(line["baseline_mixed"]), _number(line["run_mixed"]),
+                       Text(line["status"], style="" if line["status"] == "ok" else "bold red"))
+    return result

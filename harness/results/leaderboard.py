@@ -38,6 +38,9 @@ from xlpref.languages import LANGUAGE_NAMES, check_languages
 # leaderboard metric -> (metrics.json value column, its standard error column)
 METRIC_COLUMNS = {"lc": ("length_controlled_winrate", "lc_standard_error"), "wr": ("win_rate", "standard_error")}
 METRIC_NAMES = {"lc": "LC", "wr": "WR"}
+# answer-language columns (metrics.json key -> column suffix); see harness/metrics/language.py
+LANGUAGE_COLUMNS = {"target_language_rate": "target", "mixed_language_rate": "mixed",
+                    "language_gated_winrate": "gated_wr"}
 _LANG_COLUMN = re.compile(r"([a-z]{2,3})_lc")
 
 
@@ -115,9 +118,21 @@ def _row_record(row: Row, langs: Sequence[str], agreement: Mapping | None) -> di
         record[f"avg_{metric}_se"] = (math.sqrt(sum(e * e for e in errors)) / len(errors)
                                       if complete and not any(math.isnan(e) for e in errors) else math.nan)
         record[f"avg_{metric}_missing"] = ",".join(missing)
+    record.update(_language_record(row, langs))
     for task, score in row.capabilities.items():
         record[f"cap_{task}"] = score
     record["source"] = row.source
+    return record
+
+
+def _language_record(row: Row, langs: Sequence[str]) -> dict:
+    """Per language and averaged: target-language rate, mixed rate, language-gated win rate (NaN when absent)."""
+    record = {}
+    for key, suffix in LANGUAGE_COLUMNS.items():
+        values = [_value(row.metrics.get(lang), key) for lang in langs]
+        record.update({f"{lang}_{suffix}": value for lang, value in zip(langs, values)})
+        complete = bool(values) and not any(math.isnan(v) for v in values)
+        record[f"avg_{suffix}"] = sum(values) / len(values) if complete else math.nan
     return record
 
 
@@ -227,6 +242,7 @@ def render_leaderboard(frame: pd.DataFrame, *, metric: str = "lc") -> list[Table
         title = ("Published" + (f": {first['published_table']}" if first["published_table"] else "")
                  + " (the paper's numbers, not re-measured)" if first["kind"] == "published" else "X-AlpacaEval")
         title += f" — table {group_id + 1} of {n_groups}" if n_groups > 1 else ""
+        has_language = _has_language_columns(group, shown)
         caption = [_judge_caption(first),
                    f"ranked by average {METRIC_NAMES[metric]} over {', '.join(langs)}, within this table only · "
                    "* best in column · ± standard error (of the average: languages taken as independent)"]
@@ -238,6 +254,9 @@ def render_leaderboard(frame: pd.DataFrame, *, metric: str = "lc") -> list[Table
                          for lang in shown if row.get(f"{lang}_lc_not_estimable")}
         if not_estimable:
             caption.append("† LC not estimable (no number, no rank, no delta): " + reasons_footnote(not_estimable))
+        if has_language:
+            caption.append("lang: % of outputs in the instruction's language (% of them mixing languages) · "
+                           "gated: WR with outputs in another language counted as losses")
         if n_groups > 1:
             caption.append("rows of other judges, references or paper tables: other tables, not ranked against these")
         # min_width keeps the caption (judge, reference, ranking rule) readable under a narrow table.
@@ -261,6 +280,29 @@ def render_leaderboard(frame: pd.DataFrame, *, metric: str = "lc") -> list[Table
                 else:
                     head = ["", Text(row["row_id"] if row["row_id"] != row["label"] else "", style="dim")]
                     cells += [Text("") for _ in caps]
-                table.add_row(*head, METRIC_NAMES[m], *cells, end_section=line == 1)
+                table.add_row(*head, METRIC_NAMES[m], *cells, end_section=line == 1 and not has_language)
+            if has_language:
+                _add_language_lines(table, row, shown, len(caps))
         tables.append(table)
     return tables
+
+
+def _has_language_columns(group: pd.DataFrame, langs: Sequence[str]) -> bool:
+    columns = [f"{lang}_target" for lang in langs if f"{lang}_target" in group.columns]
+    return bool(columns) and bool(group[columns].notna().any().any())
+
+
+def _add_language_lines(table: Table, row: pd.Series, langs: Sequence[str], n_caps: int) -> None:
+    """Two lines under a row's metrics: "lang" (target-language rate, mixed rate) and "gated" (gated WR)."""
+    def rate(lang: str) -> Text:
+        target, mixed = row[f"{lang}_target"], row[f"{lang}_mixed"]
+        if math.isnan(target):
+            return Text("—", style="dim")
+        return Text(f"{target:.1f}" + ("" if math.isnan(mixed) else f" ({mixed:.1f})"))
+
+    def gated(lang: str) -> Text:
+        return _cell(row[f"{lang}_gated_wr"], math.nan, False)
+
+    blanks = [Text("") for _ in range(n_caps)]
+    table.add_row("", "", "lang", *[rate(lang) for lang in [*langs, "avg"]], *blanks)
+    table.add_row("", "", "gated", *[gated(lang) for lang in [*langs, "avg"]], *blanks, end_section=True)

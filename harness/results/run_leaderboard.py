@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.table import Table
 
-from harness.results.comparison import compare_rows, render_comparison
+from harness.results.comparison import compare_language, compare_rows, render_comparison, render_language_comparison
 from harness.results.leaderboard import leaderboard_frame, render_leaderboard, write_leaderboard_csv
 from harness.results.rows import read_rows
 
@@ -42,6 +42,9 @@ def run_leaderboard(ctx: Any) -> list[Table]:
                                   seed=ctx.config.seed)
         deltas.append(comparison.assign(row_a=base.row_id, row_b=row.row_id))
         tables.append(render_comparison(comparison))
+        language = compare_language(base, row, langs=langs)
+        if not language.empty:
+            tables.append(render_language_comparison(language))
     if deltas:
         import pandas as pd
 
