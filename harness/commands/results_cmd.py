@@ -37,8 +37,9 @@ results_dir_option = click.option("--results-dir", type=click.Path(path_type=Pat
 def leaderboard(results_dir: Path, langs: str | None, metric: str, csv_path: Path | None,
                 include_published: bool, width: int | None) -> None:
     """Regenerate RESULTS_DIR/leaderboard.csv from the stored rows and print one table per judge."""
-    from harness.results.leaderboard import leaderboard_frame, render_leaderboard, write_leaderboard_csv
+    from harness.results.leaderboard import leaderboard_frame, leaderboard_layouts, write_leaderboard_csv
     from harness.results.rows import read_judge_agreement, read_rows
+    from harness.results.terminal import TableOutput
     from xlpref.errors import InputError
     from xlpref.languages import parse_languages
 
@@ -51,11 +52,29 @@ def leaderboard(results_dir: Path, langs: str | None, metric: str, csv_path: Pat
                               agreements=agreements)
     csv_path = csv_path or results_dir / "leaderboard.csv"
     write_leaderboard_csv(frame, csv_path)
-    console = Console(width=width)
-    for table in render_leaderboard(frame, metric=metric):
-        console.print(table)
-        console.print()
+    out = TableOutput(width)
+    for table, narrow in leaderboard_layouts(frame, metric=metric):
+        out.print(table, narrow)
+        out.console.print()
     Console(stderr=True).print(f"wrote {csv_path} ({len(frame)} rows)")
+
+
+def export_options(command):
+    """``--json/--csv/--markdown PATH`` ('-' for stdout, which then carries only that format)."""
+    for name, what in (("markdown", "Markdown (a pull-request comment)"), ("csv", "CSV"), ("json", "JSON")):
+        command = click.option(f"--{name}", f"{name}_path", type=click.Path(path_type=Path, allow_dash=True),
+                               default=None, help=f"Also write the result as {what} to PATH ('-': stdout).")(command)
+    return command
+
+
+def _write_exports(paths: dict, builders: dict) -> bool:
+    """Write each requested format; True when one went to stdout (then no terminal table is printed)."""
+    from harness.results.export import emit
+
+    for name, path in paths.items():
+        if path is not None:
+            emit(path, builders[name]())
+    return any(str(path) == "-" for path in paths.values() if path is not None)
 
 
 @click.command()
@@ -66,24 +85,36 @@ def leaderboard(results_dir: Path, langs: str | None, metric: str, csv_path: Pat
 @click.option("--n-boot", type=click.IntRange(min=100), default=2000, show_default=True,
               help="Bootstrap resamples.")
 @click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True)
+@click.option("--width", type=int, default=None, help="Table width in characters (default: the terminal's).")
+@export_options
 @click.pass_obj
 def compare(obj, row_a: str, row_b: str, results_dir: Path, langs: str | None, n_boot: int,
-            confidence: float) -> None:
+            confidence: float, width: int | None, json_path: Path | None, csv_path: Path | None,
+            markdown_path: Path | None) -> None:
     """Per-language B minus A: WR delta with paired bootstrap interval (significant ones marked), LC delta.
 
     ROW_A and ROW_B are row ids (in RESULTS_DIR or RESULTS_DIR/published) or row folders.
     """
+    from harness.results import export
     from harness.results.comparison import compare_language, compare_rows, render_comparison, render_language_comparison
     from harness.results.rows import resolve_row
+    from harness.results.terminal import TableOutput
     from xlpref.languages import parse_languages
 
     a, b = resolve_row(row_a, results_dir), resolve_row(row_b, results_dir)
     frame = compare_rows(a, b, langs=parse_languages(langs) if langs else None, n_boot=n_boot,
                          seed=global_seed(obj), confidence=confidence)
-    Console().print(render_comparison(frame))
     language = compare_language(a, b, langs=parse_languages(langs) if langs else None)
+    to_stdout = _write_exports(
+        {"json": json_path, "csv": csv_path, "markdown": markdown_path},
+        {"json": lambda: export.comparison_json(frame, language), "csv": lambda: export.comparison_csv(frame, language),
+         "markdown": lambda: export.comparison_markdown(frame, language)})
+    if to_stdout:
+        return
+    out = TableOutput(width)
+    out.print(render_comparison(frame))
     if not language.empty:
-        Console().print(render_language_comparison(language))
+        out.print(render_language_comparison(language))
 
 
 @click.command()
@@ -99,24 +130,33 @@ def compare(obj, row_a: str, row_b: str, results_dir: Path, langs: str | None, n
 @click.option("--n-boot", type=click.IntRange(min=100), default=2000, show_default=True)
 @click.option("--max-language-drop", type=float, default=None, metavar="POINTS",
               help="Also fail a language whose in-language rate falls, or mixed rate rises, by more than POINTS.")
+@click.option("--width", type=int, default=None, help="Table width in characters (default: the terminal's).")
+@export_options
 @click.pass_obj
 def check(obj, run_row: str, baseline: str, results_dir: Path, tolerance: float, metric: str, langs: str | None,
-          fail_on_significant: bool, n_boot: int, max_language_drop: float | None) -> None:
+          fail_on_significant: bool, n_boot: int, max_language_drop: float | None, width: int | None,
+          json_path: Path | None, csv_path: Path | None, markdown_path: Path | None) -> None:
     """Regression gate: exit 0 when RUN_ROW holds up against the baseline, 1 when it regressed, 2 on bad input."""
+    from harness.results import export
     from harness.results.comparison import check_regression, render_check, render_language_check
     from harness.results.rows import resolve_row
+    from harness.results.terminal import TableOutput
     from xlpref.languages import parse_languages
 
     result = check_regression(resolve_row(run_row, results_dir), resolve_row(baseline, results_dir),
                               tolerance=tolerance, metric=metric, langs=parse_languages(langs) if langs else None,
                               fail_on_significant=fail_on_significant, n_boot=n_boot, seed=global_seed(obj),
                               max_language_drop=max_language_drop)
-    console = Console()
-    console.print(render_check(result))
-    if result.language_table is not None:
-        console.print(render_language_check(result.language_table))
-    for failure in result.failures:
-        console.print(f"[red]regressed[/] {failure}")
+    to_stdout = _write_exports({"json": json_path, "csv": csv_path, "markdown": markdown_path},
+                               {"json": lambda: export.check_json(result), "csv": lambda: export.check_csv(result),
+                                "markdown": lambda: export.check_markdown(result)})
+    if not to_stdout:
+        out = TableOutput(width)
+        out.print(render_check(result))
+        if result.language_table is not None:
+            out.print(render_language_check(result.language_table))
+        for failure in result.failures:
+            out.console.print(f"[red]regressed[/] {failure}")
     if not result.passed:
         # SystemExit, not ctx.exit: harness.cli.main runs click with standalone_mode=False, which turns
         # ctx.exit(1) into a return value and would lose the exit code.

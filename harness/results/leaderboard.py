@@ -22,11 +22,13 @@ Example::
 
 from __future__ import annotations
 
+import io
 import math
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -228,63 +230,111 @@ def render_leaderboard(frame: pd.DataFrame, *, metric: str = "lc") -> list[Table
 
     Cells read ``value±standard error``; ``*`` and bold mark the best of a column within the table.
     """
+    return [wide for wide, _ in leaderboard_layouts(frame, metric=metric)]
+
+
+def leaderboard_layouts(frame: pd.DataFrame, *, metric: str = "lc") -> list[tuple[Table, Callable]]:
+    """Per judge group: the wide table, and ``narrow(width)``: one block per model (its rank, label and
+    row id on a line of their own, its numbers in a table below) for a width the wide table does not fit."""
     check_metric(metric)
     langs = frame_languages(frame)
-    other = next(m for m in METRIC_COLUMNS if m != metric)
     best = best_cells(frame)
     n_groups = frame["group"].nunique() if not frame.empty else 0
-    tables = []
-    for group_id, group in frame.groupby("group", sort=True):
-        first = group.iloc[0]
-        # A language nobody in this table has (e.g. bn for the main setting) would be an empty column.
-        shown = [lang for lang in langs if group[[f"{lang}_lc", f"{lang}_wr"]].notna().any().any()] or langs
-        caps = [c for c in frame.columns if c.startswith("cap_") and group[c].notna().any()]
-        title = ("Published" + (f": {first['published_table']}" if first["published_table"] else "")
-                 + " (the paper's numbers, not re-measured)" if first["kind"] == "published" else "X-AlpacaEval")
-        title += f" — table {group_id + 1} of {n_groups}" if n_groups > 1 else ""
-        has_language = _has_language_columns(group, shown)
-        caption = [_judge_caption(first),
-                   f"ranked by average {METRIC_NAMES[metric]} over {', '.join(langs)}, within this table only · "
-                   "* best in column · ± standard error (of the average: languages taken as independent)"]
-        unranked = [f"{row['label']} (no {METRIC_NAMES[metric]} for {row[f'avg_{metric}_missing']})"
-                    for _, row in group.iterrows() if pd.isna(row["rank"])]
-        if unranked:
-            caption.append("not ranked, the average needs every language: " + "; ".join(unranked))
-        not_estimable = {f"{row['label']} {lang}": row.get(f"{lang}_lc_not_estimable") for _, row in group.iterrows()
-                         for lang in shown if row.get(f"{lang}_lc_not_estimable")}
-        if not_estimable:
-            caption.append("† LC not estimable (no number, no rank, no delta): " + reasons_footnote(not_estimable))
+    return [_group_layouts(frame, group_id, group, langs, best, metric, n_groups)
+            for group_id, group in frame.groupby("group", sort=True)]
+
+
+def _group_layouts(frame, group_id, group, langs, best, metric, n_groups) -> tuple[Table, Callable]:
+    other = next(m for m in METRIC_COLUMNS if m != metric)
+    first = group.iloc[0]
+    # A language nobody in this table has (e.g. bn for the main setting) would be an empty column.
+    shown = [lang for lang in langs if group[[f"{lang}_lc", f"{lang}_wr"]].notna().any().any()] or langs
+    caps = [c for c in frame.columns if c.startswith("cap_") and group[c].notna().any()]
+    title = ("Published" + (f": {first['published_table']}" if first["published_table"] else "")
+             + " (the paper's numbers, not re-measured)" if first["kind"] == "published" else "X-AlpacaEval")
+    title += f" — table {group_id + 1} of {n_groups}" if n_groups > 1 else ""
+    has_language = _has_language_columns(group, shown)
+    caption = "\n".join(_group_caption(group, first, langs, shown, metric, has_language, n_groups))
+    # Per model: (rank, label, row id, lines of (line name, cells)).
+    models = []
+    for index, row in group.iterrows():
+        lines = []
+        for m in (metric, other):
+            cells = [_cell(row[f"{lang}_{m}"], row[f"{lang}_{m}_se"], bool(best.at[index, f"{lang}_{m}"]),
+                           m == "lc" and bool(row.get(f"{lang}_lc_not_estimable")))
+                     for lang in shown]
+            cells.append(_cell(row[f"avg_{m}"], row[f"avg_{m}_se"], bool(best.at[index, f"avg_{m}"])))
+            cells += ([_cell(row[c], math.nan, bool(best.at[index, c])) for c in caps] if m == metric
+                      else [Text("") for _ in caps])
+            lines.append((METRIC_NAMES[m], cells))
         if has_language:
-            caption.append("lang: % of outputs in the instruction's language (% of them mixing languages) · "
-                           "gated: WR with outputs in another language counted as losses")
-        if n_groups > 1:
-            caption.append("rows of other judges, references or paper tables: other tables, not ranked against these")
-        # min_width keeps the caption (judge, reference, ranking rule) readable under a narrow table.
-        table = Table(title=title, caption="\n".join(caption), caption_justify="left", min_width=100)
-        for name, justify in [("#", "right"), ("model / row id", "left"), ("", "left")]:
-            table.add_column(name, justify=justify, overflow="fold")
-        for lang in shown:
-            table.add_column(lang, justify="right", no_wrap=True)
-        table.add_column("avg", justify="right", no_wrap=True)
-        for column in caps:
-            table.add_column(column.removeprefix("cap_"), justify="right", no_wrap=True)
-        for index, row in group.iterrows():
-            for line, m in enumerate((metric, other)):
-                cells = [_cell(row[f"{lang}_{m}"], row[f"{lang}_{m}_se"], bool(best.at[index, f"{lang}_{m}"]),
-                               m == "lc" and bool(row.get(f"{lang}_lc_not_estimable")))
-                         for lang in shown]
-                cells.append(_cell(row[f"avg_{m}"], row[f"avg_{m}_se"], bool(best.at[index, f"avg_{m}"])))
-                if line == 0:
-                    head = ["" if pd.isna(row["rank"]) else str(row["rank"]), row["label"]]
-                    cells += [_cell(row[c], math.nan, bool(best.at[index, c])) for c in caps]
-                else:
-                    head = ["", Text(row["row_id"] if row["row_id"] != row["label"] else "", style="dim")]
-                    cells += [Text("") for _ in caps]
-                table.add_row(*head, METRIC_NAMES[m], *cells, end_section=line == 1 and not has_language)
-            if has_language:
-                _add_language_lines(table, row, shown, len(caps))
-        tables.append(table)
-    return tables
+            lines += _language_lines(row, shown, len(caps))
+        rank = "" if pd.isna(row["rank"]) else str(row["rank"])
+        models.append((rank, row["label"], row["row_id"], lines))
+    value_headers = [*shown, "avg", *[c.removeprefix("cap_") for c in caps]]
+
+    def numbers_table(**kwargs) -> Table:
+        table = Table(**kwargs)
+        for name in value_headers:
+            table.add_column(name, justify="right", no_wrap=True)
+        return table
+
+    # min_width keeps the caption (judge, reference, ranking rule) readable under a narrow table.
+    wide = Table(title=title, caption=caption, caption_justify="left", min_width=100)
+    for name, justify in [("#", "right"), ("model / row id", "left"), ("", "left")]:
+        wide.add_column(name, justify=justify, overflow="fold")
+    for name in value_headers:
+        wide.add_column(name, justify="right", no_wrap=True)
+    for rank, label, row_id, lines in models:
+        for i, (name, cells) in enumerate(lines):
+            head = [rank, label] if i == 0 else ["", Text(row_id if row_id != label and i == 1 else "", style="dim")]
+            wide.add_row(*head, name, *cells, end_section=i == len(lines) - 1)
+
+    def narrow(width: int) -> Group:
+        from harness.results.terminal import split_columns, stack_rows, word_lines
+
+        blocks: list = [Text(title, style="bold italic", justify="center")]
+        for rank, label, row_id, lines in models:
+            heading = word_lines(f"{rank}. " * bool(rank) + label + f"  {row_id}" * (row_id != label), width,
+                                 style="bold")
+            table = Table(show_edge=False, box=None, padding=(0, 1))
+            table.add_column("", no_wrap=True)
+            for name in value_headers:
+                table.add_column(name, justify="right", no_wrap=True)
+            for name, cells in lines:
+                table.add_row(name, *cells)
+            parts = split_columns(table, width, _measure_console(width)) or [stack_rows(table, width)]
+            blocks += [*heading, *parts]
+        blocks.append(Text(caption, style="dim"))
+        return Group(*blocks)
+
+    return wide, narrow
+
+
+def _measure_console(width: int):
+    from rich.console import Console
+
+    return Console(width=width, file=io.StringIO())
+
+
+def _group_caption(group, first, langs, shown, metric, has_language, n_groups) -> list[str]:
+    caption = [_judge_caption(first),
+               f"ranked by average {METRIC_NAMES[metric]} over {', '.join(langs)}, within this table only · "
+               "* best in column · ± standard error (of the average: languages taken as independent)"]
+    unranked = [f"{row['label']} (no {METRIC_NAMES[metric]} for {row[f'avg_{metric}_missing']})"
+                for _, row in group.iterrows() if pd.isna(row["rank"])]
+    if unranked:
+        caption.append("not ranked, the average needs every language: " + "; ".join(unranked))
+    not_estimable = {f"{row['label']} {lang}": row.get(f"{lang}_lc_not_estimable") for _, row in group.iterrows()
+                     for lang in shown if row.get(f"{lang}_lc_not_estimable")}
+    if not_estimable:
+        caption.append("† LC not estimable (no number, no rank, no delta): " + reasons_footnote(not_estimable))
+    if has_language:
+        caption.append("lang: % of outputs in the instruction's language (% of them mixing languages) · "
+                       "gated: WR with outputs in another language counted as losses")
+    if n_groups > 1:
+        caption.append("rows of other judges, references or paper tables: other tables, not ranked against these")
+    return caption
 
 
 def _has_language_columns(group: pd.DataFrame, langs: Sequence[str]) -> bool:
@@ -292,7 +342,7 @@ def _has_language_columns(group: pd.DataFrame, langs: Sequence[str]) -> bool:
     return bool(columns) and bool(group[columns].notna().any().any())
 
 
-def _add_language_lines(table: Table, row: pd.Series, langs: Sequence[str], n_caps: int) -> None:
+def _language_lines(row: pd.Series, langs: Sequence[str], n_caps: int) -> list[tuple[str, list[Text]]]:
     """Two lines under a row's metrics: "lang" (target-language rate, mixed rate) and "gated" (gated WR)."""
     def rate(lang: str) -> Text:
         target, mixed = row[f"{lang}_target"], row[f"{lang}_mixed"]
@@ -304,5 +354,5 @@ def _add_language_lines(table: Table, row: pd.Series, langs: Sequence[str], n_ca
         return _cell(row[f"{lang}_gated_wr"], math.nan, False)
 
     blanks = [Text("") for _ in range(n_caps)]
-    table.add_row("", "", "lang", *[rate(lang) for lang in [*langs, "avg"]], *blanks)
-    table.add_row("", "", "gated", *[gated(lang) for lang in [*langs, "avg"]], *blanks, end_section=True)
+    return [("lang", [rate(lang) for lang in [*langs, "avg"]] + blanks),
+            ("gated", [gated(lang) for lang in [*langs, "avg"]] + blanks)]
