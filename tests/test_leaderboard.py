@@ -168,11 +168,26 @@ def test_check_exit_codes(results, args, code):
 
 
 def test_leaderboard_command_writes_csv_and_tables(results):
-    result = CliRunner().invoke(XlprefMain("xlpref"),
-                                ["leaderboard", "--results-dir", str(results), "--width", "130", "--no-published"])
+    result = CliRunner().invoke(XlprefMain("xlpref"), ["leaderboard", "--results-dir", str(results), "--width", "130"])
     assert result.exit_code == 0, result.output
-    assert "X-AlpacaEval — table 1 of 2" in result.output and "A published row" not in result.output
+    assert "X-AlpacaEval — table 1 of 3" in result.output and "A published row" in result.output
     assert "demo-iter1-gpt4" in (results / "leaderboard.csv").read_text()
+
+
+def test_a_filtered_view_never_rewrites_the_canonical_csv(results, tmp_path):
+    full = CliRunner().invoke(XlprefMain("xlpref"), ["leaderboard", "--results-dir", str(results)])
+    assert full.exit_code == 0, full.output
+    canonical = (results / "leaderboard.csv").read_bytes()
+    for view in (["--no-published"], ["--langs", "en"], ["--metric", "wr"]):
+        result = CliRunner().invoke(XlprefMain("xlpref"), ["leaderboard", "--results-dir", str(results), *view])
+        assert result.exit_code == 0, result.output
+        assert "A published row" not in result.output or view != ["--no-published"]
+        assert (results / "leaderboard.csv").read_bytes() == canonical, view
+    result = CliRunner().invoke(XlprefMain("xlpref"), ["leaderboard", "--results-dir", str(results), "--langs", "en",
+                                                       "--no-published", "--csv", str(tmp_path / "en.csv")])
+    assert result.exit_code == 0, result.output
+    header = (tmp_path / "en.csv").read_text().splitlines()[0].split(",")
+    assert "en_lc" in header and "es_lc" not in header and (results / "leaderboard.csv").read_bytes() == canonical
 
 
 def test_plot_writes_one_png_per_run_metric_and_judge(results, tmp_path):
@@ -224,3 +239,33 @@ def test_agreement_recorded_at_evaluation_wins_and_other_configs_are_ignored(tmp
     write_row(tmp_path, meta, {"en": {"metrics": metrics | {"annotator_agreement": {"agreement_clear": 0.9}}}})
     recorded = row_agreement(read_row(tmp_path / "r"), {"demo-judge": {"agreement_clear": 0.7}})
     assert recorded == {"agreement_clear": 0.9}
+
+
+def test_published_tables_show_their_own_languages_and_the_papers_averages(tmp_path):
+    """Table 2 averages its five languages (the paper's WR 13.71 -> 26.43), the low-resource table its four."""
+    from harness.results.published_rows import import_published
+    from xlpref.jsonio import read_json
+
+    from xlpref.data import default_data_dir
+
+    paper_json = default_data_dir() / "paper" / "icr_published_results.json"
+    if not paper_json.exists():
+        pytest.skip(f"the paper's numbers are not at {paper_json} (set XLPREF_DATA_DIR)")
+    root = tmp_path / "results"
+    import_published(paper_json, root)
+    add_row(root, "demo-iter0", {"en": (50.0, 49.0), "es": (40.0, 39.0), "de": (30.0, 29.0)})
+    frame = leaderboard_frame(read_rows(root)).set_index("row_id")
+    paper = read_json(paper_json)["average_table2"]
+    for label, row_id in [("SFT-DPO iteration 0", "paper-icr-iter0"), ("ICR iteration 2", "paper-icr-iter2")]:
+        assert frame.at[row_id, "avg_langs"] == "en,es,de,fr,ru"
+        assert round(frame.at[row_id, "avg_wr"], 2) == paper[label]["win_rate"]
+        assert round(frame.at[row_id, "avg_lc"], 2) == paper[label]["length_controlled_winrate"]
+    assert frame.at["paper-icr-lowres-iter2", "avg_langs"] == "en,bn,sw,th"
+    assert frame.at["paper-icr-lowres-iter2", "ranked_by"] == "wr" and frame.at["paper-icr-lowres-iter2", "rank"] == 1
+    assert frame.at["demo-iter0", "avg_langs"] == "en,es,de"  # ours: our languages
+    text = render_text(frame.reset_index(), width=200)
+    table2 = text[text.index("Table 2"):text.index("Table 5")]
+    assert "13.71" in table2 and "26.43" in table2 and "over en, es, de, fr, ru," in table2
+    lowres = text[text.index("Table 5"):]
+    lowres = lowres[:lowres.index("Published", 10)]
+    assert "over en, bn, sw, th," in lowres and " es " not in lowres and "ranked by average WR" in lowres

@@ -30,7 +30,8 @@ results_dir_option = click.option("--results-dir", type=click.Path(path_type=Pat
 @click.option("--metric", type=click.Choice(["lc", "wr"]), default="lc", show_default=True,
               help="Ranking metric: length-controlled win rate or win rate.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None,
-              help="Where to write the CSV (default: RESULTS_DIR/leaderboard.csv).")
+              help="Where to write the CSV (default: RESULTS_DIR/leaderboard.csv, for the full view only: "
+                   "a view filtered by --langs, --no-published or --metric wr is written only with --csv).")
 @click.option("--include-published/--no-published", default=True, show_default=True,
               help="Show the paper's published rows (in their own tables).")
 @click.option("--width", type=int, default=None, help="Table width in characters (default: the terminal's).")
@@ -50,13 +51,18 @@ def leaderboard(results_dir: Path, langs: str | None, metric: str, csv_path: Pat
                   if (agreement := read_judge_agreement(name)) is not None}
     frame = leaderboard_frame(rows, langs=parse_languages(langs) if langs else None, metric=metric,
                               agreements=agreements)
-    csv_path = csv_path or results_dir / "leaderboard.csv"
-    write_leaderboard_csv(frame, csv_path)
+    # The canonical CSV is the full view; a filtered view never overwrites it.
+    is_full_view = langs is None and include_published and metric == "lc"
+    csv_path = csv_path or (results_dir / "leaderboard.csv" if is_full_view else None)
+    if csv_path is not None:
+        write_leaderboard_csv(frame, csv_path)
     out = TableOutput(width)
     for table, narrow in leaderboard_layouts(frame, metric=metric):
         out.print(table, narrow)
         out.console.print()
-    Console(stderr=True).print(f"wrote {csv_path} ({len(frame)} rows)")
+    Console(stderr=True).print(f"wrote {csv_path} ({len(frame)} rows)" if csv_path is not None else
+                               f"a filtered view: {results_dir / 'leaderboard.csv'} left as it is "
+                               "(--csv PATH writes this view)")
 
 
 def export_options(command):

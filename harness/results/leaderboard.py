@@ -95,7 +95,7 @@ def row_agreement(row: Row, agreements: Mapping[str, Mapping]) -> Mapping | None
     return measured
 
 
-def _row_record(row: Row, langs: Sequence[str], agreement: Mapping | None) -> dict:
+def _row_record(row: Row, langs: Sequence[str], agreement: Mapping | None, avg_langs: Sequence[str]) -> dict:
     record = {"row_id": row.row_id, "label": row.label, "model": row.model, "run": row.run,
               "iteration": row.iteration, "kind": row.kind, "annotator": row.annotator,
               "annotator_is_demo": row.annotator_is_demo,
@@ -109,30 +109,31 @@ def _row_record(row: Row, langs: Sequence[str], agreement: Mapping | None) -> di
             record[f"{lang}_{metric}_se"] = _value(metrics, se_key)
         record[f"{lang}_n"] = _value(metrics, "n_total")
         record[f"{lang}_lc_not_estimable"] = (metrics or {}).get("lc_not_estimable") or ""
+    record["avg_langs"] = ",".join(avg_langs)
     for metric in METRIC_COLUMNS:
-        values = [record[f"{lang}_{metric}"] for lang in langs]
-        errors = [record[f"{lang}_{metric}_se"] for lang in langs]
-        missing = [lang for lang, v in zip(langs, values) if math.isnan(v)]
-        complete = bool(langs) and not missing
+        values = [record[f"{lang}_{metric}"] for lang in avg_langs]
+        errors = [record[f"{lang}_{metric}_se"] for lang in avg_langs]
+        missing = [lang for lang, v in zip(avg_langs, values) if math.isnan(v)]
+        complete = bool(avg_langs) and not missing
         record[f"avg_{metric}"] = sum(values) / len(values) if complete else math.nan
         # Languages share their instructions (translations), so this independence-based SE is approximate;
         # `xlpref compare` gives the paired bootstrap interval instead.
         record[f"avg_{metric}_se"] = (math.sqrt(sum(e * e for e in errors)) / len(errors)
                                       if complete and not any(math.isnan(e) for e in errors) else math.nan)
         record[f"avg_{metric}_missing"] = ",".join(missing)
-    record.update(_language_record(row, langs))
+    record.update(_language_record(row, langs, avg_langs))
     for task, score in row.capabilities.items():
         record[f"cap_{task}"] = score
     record["source"] = row.source
     return record
 
 
-def _language_record(row: Row, langs: Sequence[str]) -> dict:
+def _language_record(row: Row, langs: Sequence[str], avg_langs: Sequence[str]) -> dict:
     """Per language and averaged: target-language rate, mixed rate, language-gated win rate (NaN when absent)."""
     record = {}
     for key, suffix in LANGUAGE_COLUMNS.items():
-        values = [_value(row.metrics.get(lang), key) for lang in langs]
-        record.update({f"{lang}_{suffix}": value for lang, value in zip(langs, values)})
+        record.update({f"{lang}_{suffix}": _value(row.metrics.get(lang), key) for lang in langs})
+        values = [record[f"{lang}_{suffix}"] for lang in avg_langs]
         complete = bool(values) and not any(math.isnan(v) for v in values)
         record[f"avg_{suffix}"] = sum(values) / len(values) if complete else math.nan
     return record
@@ -153,22 +154,35 @@ def leaderboard_frame(rows: Sequence[Row], *, langs: Sequence[str] | None = None
     check_metric(metric)
     langs = list(check_languages(list(langs))) if langs is not None else default_languages(rows)
     agreements = agreements or {}
-    records = [_row_record(r, langs, row_agreement(r, agreements)) for r in rows]
+    group_keys = [r.group_key for r in rows]
+    groups = sorted(set(group_keys))
+    # A published table keeps the paper's languages, so its average is the paper's own (Table 2: five).
+    group_langs = {key: canonical_order(lang for r in rows if r.group_key == key for lang in r.languages)
+                   if key[0] else langs for key in groups}
+    all_langs = langs + [lang for lang in canonical_order(lang for key in groups for lang in group_langs[key])
+                         if lang not in langs]
+    records = [_row_record(r, all_langs, row_agreement(r, agreements), group_langs[r.group_key]) for r in rows]
     frame = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=["row_id", "annotator"])
+    frame.attrs["group_langs"] = {groups.index(key): group_langs[key] for key in groups}
     if frame.empty:
         frame.attrs["langs"] = langs
         return frame
-    group_keys = [r.group_key for r in rows]
-    frame.insert(0, "group", [sorted(set(group_keys)).index(key) for key in group_keys])
-    rank = frame.groupby("group")[f"avg_{metric}"].rank(method="min", ascending=False)
+    frame.insert(0, "group", [groups.index(key) for key in group_keys])
+    # A table without the ranking metric at all (the paper's low-resource table has WR only) ranks by the other.
+    other = next(m for m in METRIC_COLUMNS if m != metric)
+    ranked_by = {g: metric if frame.loc[frame["group"] == g, f"avg_{metric}"].notna().any() else other
+                 for g in range(len(groups))}
+    rank = pd.concat([frame.loc[frame["group"] == g, f"avg_{m}"].rank(method="min", ascending=False)
+                      for g, m in ranked_by.items()]).sort_index()
     frame.insert(1, "rank", rank.astype("Int64"))
+    frame.insert(2, "ranked_by", frame["group"].map(ranked_by))
     frame = frame.sort_values(["group", "rank", "label", "row_id"], na_position="last", kind="stable")
     frame = frame.reset_index(drop=True)
-    for column in ["iteration"] + [f"{lang}_n" for lang in langs]:
+    for column in ["iteration"] + [f"{lang}_n" for lang in all_langs]:
         frame[column] = frame[column].astype("Int64")
     cap_columns = sorted(c for c in frame.columns if c.startswith("cap_"))
     frame = frame[[c for c in frame.columns if not c.startswith("cap_") and c != "source"] + cap_columns + ["source"]]
-    frame.attrs["langs"] = langs
+    frame.attrs["langs"] = all_langs
     return frame
 
 
@@ -245,10 +259,11 @@ def leaderboard_layouts(frame: pd.DataFrame, *, metric: str = "lc") -> list[tupl
 
 
 def _group_layouts(frame, group_id, group, langs, best, metric, n_groups) -> tuple[Table, Callable]:
-    other = next(m for m in METRIC_COLUMNS if m != metric)
     first = group.iloc[0]
-    # A language nobody in this table has (e.g. bn for the main setting) would be an empty column.
-    shown = [lang for lang in langs if group[[f"{lang}_lc", f"{lang}_wr"]].notna().any().any()] or langs
+    metric = first.get("ranked_by") or metric
+    other = next(m for m in METRIC_COLUMNS if m != metric)
+    langs = frame.attrs.get("group_langs", {}).get(group_id) or langs
+    shown = langs  # the languages the table averages over, and only those: the caption names them
     caps = [c for c in frame.columns if c.startswith("cap_") and group[c].notna().any()]
     title = ("Published" + (f": {first['published_table']}" if first["published_table"] else "")
              + " (the paper's numbers, not re-measured)" if first["kind"] == "published" else "X-AlpacaEval")
