@@ -213,10 +213,14 @@ def language_table(metrics: dict[str, dict]) -> Table:
                    "when present).")
 @click.option("--switch-seed", type=int, default=0, show_default=True, help="Seed of the output-order switch "
               "(AlpacaEval's is 0).")
+@click.option("--row", "row_name", default=None, help="Also record the evaluation as leaderboard row NAME "
+              "(RESULTS_DIR/NAME: outputs, annotations, metrics), as AlpacaEval's --name does.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="The results tree the --row goes to.")
 @click.pass_obj
 def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, ...], reference: str | None,
              langs: str | None, data_dir: Path | None, mini: bool, out_dir: Path | None,
-             instruction_difficulty: Path | None, switch_seed: int) -> None:
+             instruction_difficulty: Path | None, switch_seed: int, row_name: str | None, results_dir: Path) -> None:
     """Judge OUTPUTS (a folder of {lang}/model_outputs.json, or one file) against reference outputs."""
     from harness.evaluation.judging import evaluate_outputs
     from harness.evaluation.model_outputs import load_model_outputs
@@ -224,6 +228,10 @@ def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, 
     from xlpref.data import load_instructions, load_reference_outputs
     from xlpref.languages import parse_languages
 
+    if row_name is not None:
+        from harness.results.rows import check_row_id
+
+        check_row_id(row_name)  # a bad name fails before any judging
     files = _outputs_by_lang(outputs, parse_languages(langs) if langs else None)
     for path in files.values():  # bad files fail before any judge loads
         load_model_outputs(path)
@@ -232,7 +240,7 @@ def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, 
     default_difficulty = folder / "alpaca_eval_lc" / "instruction_difficulty.csv"
     difficulty = instruction_difficulty or (default_difficulty if default_difficulty.is_file() else None)
     console = Console(stderr=True)
-    metrics = {}
+    metrics, targets = {}, {}
     for lang, path in files.items():
         instructions = load_instructions(folder / "x_alpacaeval" / "instructions", [lang])[lang]
         generator = _reference_generator(folder, reference, lang)
@@ -242,11 +250,30 @@ def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, 
         metrics[lang] = evaluate_outputs(path, refs, judge, target, instruction_difficulty=difficulty,
                                          seed=switch_seed, lang=lang)
         console.print(f"{lang}: {target / 'annotations.json'}, {target / 'metrics.json'}")
+        targets[lang] = target
+    if row_name is not None:
+        _record_row(row_name, results_dir, files, targets, judge, judge_name, outputs)
     calls = judge.counters
     caption = (_judge_caption(judge, read_agreement(judge)) + f"; reference {next(iter(metrics.values()))['reference']}"
                f"; {calls['calls']} judge calls, ${calls['cost_usd']:.4f}")
     Console().print(summary_table(metrics, caption))
     Console().print(language_table(metrics))
+
+
+def _record_row(row_name: str, results_dir: Path, files: dict[str, Path], targets: dict[str, Path], judge: Any,
+                judge_name: str, outputs: Path) -> None:
+    """The evaluation as leaderboard row ``row_name``: model named by the outputs' ``generator``."""
+    from harness.results.rows import record_evaluation
+    from xlpref.jsonio import read_json
+
+    first = read_json(next(iter(files.values())))
+    model = next((o.get("generator") for o in first if isinstance(o, dict) and o.get("generator")), None)
+    row = {"row_id": row_name, "label": row_name, "model": model or outputs.name, "annotator_is_demo": judge.is_demo,
+           "source": f"xlpref evaluate {outputs} --judge {judge_name}"}
+    folder = record_evaluation(results_dir, row, {
+        lang: {"model_outputs": files[lang], "annotations": targets[lang] / "annotations.json",
+               "metrics": targets[lang] / "metrics.json"} for lang in files})
+    Console(stderr=True).print(f"row {row_name}: {folder} (see `xlpref leaderboard --results-dir {results_dir}`)")
 
 
 # -- judge agreement ------------------------------------------------------------------------------

@@ -222,6 +222,9 @@ def resolve_row(name: str | Path, results_dir: str | Path = "results") -> Row:
     path = Path(name)
     if (path / "row.json").exists():
         return read_row(path)
+    if path.exists() or "/" in str(name) or "\\" in str(name):
+        raise InputError("not a row folder (no row.json); expected a row id or results/<row_id> (an evaluated "
+                         "folder becomes a row with `xlpref evaluate OUTPUTS --judge J --row NAME`)", path=path)
     row_id = check_row_id(str(name))
     for candidate in (safe_join(results_dir, row_id), safe_join(results_dir, PUBLISHED_DIR, row_id)):
         if (candidate / "row.json").exists():
@@ -312,6 +315,25 @@ def write_capabilities(row_dir: str | Path, scores: Mapping[str, float]) -> Path
     return path
 
 
+def record_evaluation(results_dir: str | Path, row: Mapping[str, Any],
+                      per_lang_files: Mapping[str, Mapping[str, str | Path]]) -> Path:
+    """Copy one evaluation into a row: per language its model_outputs, annotations and metrics files.
+
+    Args:
+        row: at least "row_id", "model" and "source"; "annotator" / "reference" default to the metrics' own.
+        per_lang_files: {lang: {"model_outputs": path, "annotations": path, "metrics": path}}; a missing
+            model_outputs or annotations file is left out, a missing metrics file is an error.
+    """
+    per_lang = {}
+    for lang, files in sorted(per_lang_files.items()):
+        per_lang[lang] = {key: (read_json(files[key]) if key in files and (Path(files[key]).exists() or key == "metrics")
+                                else None) for key in LANG_FILES}
+    first_metrics = next(iter(per_lang.values()), {}).get("metrics") or {}
+    meta = {"kind": "ours", "annotator_is_demo": False, "annotator": first_metrics.get("annotator"),
+            "reference": first_metrics.get("reference"), **{k: v for k, v in row.items() if v is not None}}
+    return write_row(results_dir, meta, per_lang)
+
+
 def record_run_iteration(results_dir: str | Path, run_name: str, iteration: int,
                          per_lang_dirs: Mapping[str, str | Path], meta: Mapping[str, Any]) -> Path:
     """Copy one iteration's evaluation (per language: model_outputs, annotations, metrics) into a row.
@@ -322,14 +344,8 @@ def record_run_iteration(results_dir: str | Path, run_name: str, iteration: int,
     Returns:
         The row folder, results/<run_name>-iter<iteration>.
     """
-    per_lang = {}
-    for lang, folder in sorted(per_lang_dirs.items()):
-        folder = Path(folder)
-        per_lang[lang] = {key: (read_json(folder / name) if (folder / name).exists() or key == "metrics" else None)
-                          for key, name in LANG_FILES.items()}
-    first_metrics = next(iter(per_lang.values()), {}).get("metrics") or {}
+    files = {lang: {key: Path(folder) / name for key, name in LANG_FILES.items()}
+             for lang, folder in per_lang_dirs.items()}
     row = {"row_id": f"{run_name}-iter{iteration}", "run": run_name, "iteration": iteration,
-           "label": f"{run_name} iteration {iteration}", "kind": "ours", "annotator_is_demo": False,
-           "annotator": first_metrics.get("annotator"), "reference": first_metrics.get("reference"),
-           **{k: v for k, v in meta.items() if v is not None}}
-    return write_row(results_dir, row, per_lang)
+           "label": f"{run_name} iteration {iteration}", **meta}
+    return record_evaluation(results_dir, row, files)
