@@ -3,6 +3,7 @@
 Example::
 
     xlpref leaderboard --results-dir results --langs en,es,de,fr,ru --metric lc
+    xlpref leaderboard --html results/site       # the static site: open results/site/index.html
     xlpref compare paper-icr-iter0 paper-icr-iter2
     xlpref check demo-iter1 --against demo-iter0 --tolerance 1.0 --metric lc   # exit 0 pass, 1 regressed
     xlpref check demo-iter1 --against demo-iter0 --max-language-drop 5         # also gate answer language
@@ -35,8 +36,11 @@ results_dir_option = click.option("--results-dir", type=click.Path(path_type=Pat
 @click.option("--include-published/--no-published", default=True, show_default=True,
               help="Show the paper's published rows (in their own tables).")
 @click.option("--width", type=int, default=None, help="Table width in characters (default: the terminal's).")
+@click.option("--html", "html_dir", type=click.Path(path_type=Path), default=None,
+              help="Also write the static site (index.html, one page per row, plots) to this folder, "
+                   "e.g. results/site; it always shows every row.")
 def leaderboard(results_dir: Path, langs: str | None, metric: str, csv_path: Path | None,
-                include_published: bool, width: int | None) -> None:
+                include_published: bool, width: int | None, html_dir: Path | None) -> None:
     """Regenerate RESULTS_DIR/leaderboard.csv from the stored rows and print one table per judge."""
     from harness.results.leaderboard import leaderboard_frame, leaderboard_layouts, write_leaderboard_csv
     from harness.results.rows import read_judge_agreement, read_rows
@@ -60,6 +64,10 @@ def leaderboard(results_dir: Path, langs: str | None, metric: str, csv_path: Pat
     for table, narrow in leaderboard_layouts(frame, metric=metric):
         out.print(table, narrow)
         out.console.print()
+    if html_dir is not None:
+        from harness.results.site import build_site
+
+        Console(stderr=True).print(f"wrote {build_site(results_dir, html_dir)}")
     Console(stderr=True).print(f"wrote {csv_path} ({len(frame)} rows)" if csv_path is not None else
                                f"a filtered view: {results_dir / 'leaderboard.csv'} left as it is "
                                "(--csv PATH writes this view)")

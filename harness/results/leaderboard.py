@@ -176,6 +176,7 @@ def leaderboard_frame(rows: Sequence[Row], *, langs: Sequence[str] | None = None
                       for g, m in ranked_by.items()]).sort_index()
     frame.insert(1, "rank", rank.astype("Int64"))
     frame.insert(2, "ranked_by", frame["group"].map(ranked_by))
+    frame.attrs["metric"] = metric
     frame = frame.sort_values(["group", "rank", "label", "row_id"], na_position="last", kind="stable")
     frame = frame.reset_index(drop=True)
     for column in ["iteration"] + [f"{lang}_n" for lang in all_langs]:
@@ -262,14 +263,12 @@ def _group_layouts(frame, group_id, group, langs, best, metric, n_groups) -> tup
     first = group.iloc[0]
     metric = first.get("ranked_by") or metric
     other = next(m for m in METRIC_COLUMNS if m != metric)
-    langs = frame.attrs.get("group_langs", {}).get(group_id) or langs
+    langs = group_languages(frame, group_id)
     shown = langs  # the languages the table averages over, and only those: the caption names them
     caps = [c for c in frame.columns if c.startswith("cap_") and group[c].notna().any()]
-    title = ("Published" + (f": {first['published_table']}" if first["published_table"] else "")
-             + " (the paper's numbers, not re-measured)" if first["kind"] == "published" else "X-AlpacaEval")
-    title += f" — table {group_id + 1} of {n_groups}" if n_groups > 1 else ""
-    has_language = _has_language_columns(group, shown)
-    caption = "\n".join(_group_caption(group, first, langs, shown, metric, has_language, n_groups))
+    title = group_title(first) + (f" — table {group_id + 1} of {n_groups}" if n_groups > 1 else "")
+    has_language = has_language_columns(group, shown)
+    caption = "\n".join(group_caption(group, first, langs, shown, metric, has_language, n_groups))
     # Per model: (rank, label, row id, lines of (line name, cells)).
     models = []
     for index, row in group.iterrows():
@@ -332,9 +331,25 @@ def _measure_console(width: int):
     return Console(width=width, file=io.StringIO())
 
 
-def _group_caption(group, first, langs, shown, metric, has_language, n_groups) -> list[str]:
+def group_title(first: pd.Series) -> str:
+    """A judge group's title: X-AlpacaEval for ours, the paper table for published rows."""
+    if first["kind"] != "published":
+        return "X-AlpacaEval"
+    return ("Published" + (f": {first['published_table']}" if first["published_table"] else "")
+            + " (the paper's numbers, not re-measured)")
+
+
+def group_languages(frame: pd.DataFrame, group_id: int) -> list[str]:
+    """The languages a judge group shows and averages over (a published table: the paper's own)."""
+    return list(frame.attrs.get("group_langs", {}).get(group_id) or frame_languages(frame))
+
+
+def group_caption(group, first, langs, shown, metric, has_language, n_groups) -> list[str]:
+    """The caption lines under a judge group's table: judge and reference, ranking rule, footnotes."""
+    asked = group.attrs.get("metric", metric)
+    instead = f" (no row of this table has an {METRIC_NAMES[asked]})" if asked != metric else ""
     caption = [_judge_caption(first),
-               f"ranked by average {METRIC_NAMES[metric]} over {', '.join(langs)}, within this table only · "
+               f"ranked by average {METRIC_NAMES[metric]}{instead} over {', '.join(langs)}, within this table only · "
                "* best in column · ± standard error (of the average: languages taken as independent)"]
     unranked = [f"{row['label']} (no {METRIC_NAMES[metric]} for {row[f'avg_{metric}_missing']})"
                 for _, row in group.iterrows() if pd.isna(row["rank"])]
@@ -352,7 +367,7 @@ def _group_caption(group, first, langs, shown, metric, has_language, n_groups) -
     return caption
 
 
-def _has_language_columns(group: pd.DataFrame, langs: Sequence[str]) -> bool:
+def has_language_columns(group: pd.DataFrame, langs: Sequence[str]) -> bool:
     columns = [f"{lang}_target" for lang in langs if f"{lang}_target" in group.columns]
     return bool(columns) and bool(group[columns].notna().any().any())
 

@@ -26,7 +26,8 @@ def run_leaderboard(ctx: Any) -> list[Table]:
     """Tables for a finished run; also writes RUN/leaderboard.csv and RUN/deltas.csv.
 
     With ``evaluation.results_dir`` set, both files and the run's ``stages.json`` are copied to
-    ``RESULTS/<run>-run/`` beside the rows, so the committed results are what the run wrote.
+    ``RESULTS/<run>-run/`` beside the rows, so the committed results are what the run wrote, and the
+    static site ``RESULTS/site/`` is rebuilt from every row there (harness/results/site.py).
     """
     rows = sorted(read_rows(ctx.store.path("results"), include_published=False), key=lambda r: r.iteration)
     if not rows:
@@ -53,6 +54,9 @@ def run_leaderboard(ctx: Any) -> list[Table]:
         write_text_atomic(ctx.store.path("deltas.csv"), pd.concat(deltas).to_csv(index=False))
     if ctx.config.evaluation.results_dir:
         publish_run_files(ctx)
+        from harness.results.site import build_site
+
+        build_site(ctx.config.evaluation.results_dir, Path(ctx.config.evaluation.results_dir) / "site")
     return tables
 
 
