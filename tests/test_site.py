@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import socket
 import subprocess
@@ -93,14 +94,16 @@ def test_the_site_is_regenerated_byte_for_byte(site, tmp_path, capsys):
 
 # -- in the browser --------------------------------------------------------------------------------
 
-needs_chromium = pytest.mark.skipif(chromium_paths() is None, reason="no chromium + chromedriver on PATH (apt-get "
+# In CI (.ci/run installs Chromium) a missing browser is a failure, not a skip.
+needs_chromium = pytest.mark.skipif(chromium_paths() is None and not os.environ.get("CI"), reason="no chromium + chromedriver on PATH (apt-get "
                                     "install chromium chromium-driver; .ci/run installs them)")
 
 
 @pytest.fixture(scope="module")
 def browser():
     if chromium_paths() is None:
-        pytest.skip("no chromium + chromedriver on PATH (apt-get install chromium chromium-driver)")
+        pytest.fail("CI without chromium + chromedriver on PATH; .ci/run installs them (apt-get install chromium "
+                    "chromium-driver)")
     from harness.results.browser import chromium
 
     with chromium(width=1400, height=1000) as driver:
@@ -270,3 +273,20 @@ def test_a_run_with_a_results_dir_rebuilds_the_site(tmp_path):
     assert sorted(p.name for p in (results / "site" / "rows").iterdir()) == [
         "demo-iter0.html", "demo-iter1.html", "other-model.html"]
     assert (results / "demo-run" / "leaderboard.csv").is_file()
+
+
+def test_the_committed_site_is_what_the_committed_results_make(tmp_path):
+    """results/site/ mirrors results/: the same files, pages and assets byte for byte (PNG bytes depend on
+    the matplotlib version, so only their names are compared)."""
+    from harness.results.site import build_site
+
+    committed = Path(__file__).resolve().parents[1] / "results"
+    build_site(committed, tmp_path / "site")
+
+    def files(root: Path) -> list[Path]:
+        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+    assert files(tmp_path / "site") == files(committed / "site")
+    for name in files(committed / "site"):
+        if name.suffix != ".png":
+            assert (tmp_path / "site" / name).read_bytes() == (committed / "site" / name).read_bytes(), name

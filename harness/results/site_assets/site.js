@@ -24,7 +24,8 @@
 
   function groupColumns(group) {
     var columns = [];
-    group.langs.concat(["avg"]).forEach(function (lang) {
+    // The average first: the headline number of each row is visible without scrolling.
+    ["avg"].concat(group.langs).forEach(function (lang) {
       var order = group.ranked_by === "wr" ? ["wr", "lc"] : ["lc", "wr"];
       order.forEach(function (m) {
         columns.push({key: lang + "_" + m, lang: lang, head: lang + " " + m.toUpperCase(), digits: 2, se: true});
