@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import run_cli
+from results_fixtures import REFERENCE, add_row
+
 from harness.results.browser import chromium_paths
 from harness.results.rows import write_row
-from results_fixtures import REFERENCE, add_row
 
 LANGS = ["en", "es", "de", "fr", "ru"]
 N_INSTRUCTIONS = 805

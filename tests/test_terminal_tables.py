@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import run_cli
 from results_fixtures import add_row
 
@@ -95,7 +94,7 @@ def test_compare_writes_json_csv_and_markdown_that_agree(results, tmp_path, caps
         rows = list(csv.DictReader(handle))
     assert [row["lang"] for row in rows] == [*LANGS, "avg"] and float(rows[1]["wr_b"]) == pytest.approx(59.1234)
     markdown = paths["markdown"].read_text()
-    assert re.search(r"^\| es \| 58\.85 \| 59\.12 \| \+0\.27 \|", markdown, re.M)
+    assert re.search(r"^\| es \| 58\.85 \| 59\.12 \| \+0\.27 \|", markdown, re.MULTILINE)
 
 
 def test_check_json_to_stdout_is_only_json_and_keeps_the_exit_code(results, capsys):

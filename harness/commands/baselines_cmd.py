@@ -39,9 +39,9 @@ def compare_baselines(obj, icr_path: Path, baseline_paths: tuple[Path, ...], ite
                       no_run: bool) -> None:
     """Run ICR and each baseline with the same data and seeds; print one leaderboard and ICR's deltas."""
     from harness import baselines
-    from harness.results.comparison import render_comparison
     from harness.config import load_config
-    from harness.results.leaderboard import render_leaderboard
+    from harness.results.comparison import render_comparison
+    from harness.results.leaderboard import leaderboard_layouts
     from harness.results.rows import check_row_id
     from harness.store import safe_join
 
@@ -64,9 +64,11 @@ def compare_baselines(obj, icr_path: Path, baseline_paths: tuple[Path, ...], ite
                                          seed=configs[0].seed)
     setup = {"configs": [str(p) for p in paths], "iterations": final, "metric": metric}
     written = baselines.write_comparison(result, safe_join(results_dir, "comparisons", name), setup=setup)
-    out = Console(width=None if Console().is_terminal else 140)  # logs: wide enough for the tables
-    for table in render_leaderboard(result.leaderboard, metric=metric):
-        out.print(table)
+    from harness.results.terminal import TableOutput
+
+    out = TableOutput()  # a terminal: tables fitted to it; a log: each table at its own width, nothing cut
+    for table, narrow in leaderboard_layouts(result.leaderboard, metric=metric):
+        out.print(table, narrow)
     for frame in result.comparisons.values():
         out.print(render_comparison(frame))
     out.print("wrote " + ", ".join(str(p) for p in written))

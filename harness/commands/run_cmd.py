@@ -50,7 +50,9 @@ def run(obj, config_path: Path, iterations: int | None, run_dir_opt: Path | None
     config = load_config(config_path, overrides=overrides)
     console = Console(stderr=True)
     ctx = run_icr(config, iterations=iterations, console=console)
-    out = Console(width=None if Console().is_terminal else 140)  # logs: wide enough for the tables
+    from harness.results.terminal import TableOutput
+
+    out = TableOutput()  # a terminal: tables fitted to it; a log: each table at its own width, nothing cut
     if config.evaluation.is_enabled:
         for table in run_leaderboard(ctx):
             out.print(table)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 

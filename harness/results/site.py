@@ -18,14 +18,15 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
-from harness.results.leaderboard import (LANGUAGE_COLUMNS, METRIC_COLUMNS, canonical_order, group_caption, group_languages,
-                                         group_title, has_language_columns, leaderboard_frame)
+from harness.results.leaderboard import (LANGUAGE_COLUMNS, METRIC_COLUMNS, canonical_order, group_caption,
+                                         group_languages, group_title, has_language_columns, leaderboard_frame)
 from harness.results.rows import Row, read_judge_agreement, read_rows
 from xlpref.jsonio import write_text_atomic
 
