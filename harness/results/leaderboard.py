@@ -308,13 +308,16 @@ def _group_layouts(frame, group_id, group, langs, best, metric, n_groups) -> tup
         from harness.results.terminal import split_columns, stack_rows, word_lines
 
         blocks: list = [Text(title, style="bold italic", justify="center")]
+        # One width per column across the models, so their small tables line up.
+        widths = [max([len(name)] + [cells[i].cell_len for *_, lines in models for _, cells in lines])
+                  for i, name in enumerate(value_headers)]
         for rank, label, row_id, lines in models:
-            heading = word_lines(f"{rank}. " * bool(rank) + label + f"  {row_id}" * (row_id != label), width,
+            heading = word_lines(f"{rank}. " * bool(rank) + label + f" · {row_id}" * (row_id != label), width,
                                  style="bold")
             table = Table(show_edge=False, box=None, padding=(0, 1))
-            table.add_column("", no_wrap=True)
-            for name in value_headers:
-                table.add_column(name, justify="right", no_wrap=True)
+            table.add_column("", no_wrap=True, min_width=5)
+            for name, column_width in zip(value_headers, widths):
+                table.add_column(name, justify="right", no_wrap=True, min_width=column_width)
             for name, cells in lines:
                 table.add_row(name, *cells)
             parts = split_columns(table, width, _measure_console(width)) or [stack_rows(table, width)]
