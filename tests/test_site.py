@@ -290,3 +290,23 @@ def test_the_committed_site_is_what_the_committed_results_make(tmp_path):
     for name in files(committed / "site"):
         if name.suffix != ".png":
             assert (tmp_path / "site" / name).read_bytes() == (committed / "site" / name).read_bytes(), name
+
+
+def test_index_carries_the_language_fidelity_columns_when_rows_have_them(tmp_path):
+    from harness.results.rows import read_rows
+    from harness.results.site import index_data
+    from results_fixtures import synthetic_metrics
+
+    results = tmp_path / "results"
+    metrics = {lang: {**synthetic_metrics(50.0, 45.0), "target_language_rate": rate, "mixed_language_rate": 2.5,
+                      "language_gated_winrate": 40.0} for lang, rate in (("en", 99.0), ("es", 87.5))}
+    write_row(results, {"row_id": "with-language", "model": "m", "kind": "ours", "annotator": "demo-judge",
+                        "reference": REFERENCE, "source": "tests/test_site.py"},
+              {lang: {"metrics": m} for lang, m in metrics.items()})
+    add_row(results, "without-language", {"en": (40.0, 39.0), "es": (30.0, 29.0)})
+    (group,) = index_data(read_rows(results), pages=set(), plots=[])["groups"]
+    assert group["language_columns"] is True
+    values = {row["row_id"]: row["values"] for row in group["rows"]}
+    assert values["with-language"]["es_target"] == [87.5, None]
+    assert values["with-language"]["avg_target"][0] == pytest.approx(93.25)
+    assert values["without-language"]["es_target"] == [None, None]
