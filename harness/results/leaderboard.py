@@ -5,9 +5,12 @@ ranked only inside their group: numbers from different annotators or reference o
 ranked together, and the paper's published rows form their own groups, one per paper table.
 An LC that could not be estimated (``lc_not_estimable`` in metrics.json) is a dash with a footnote
 giving the reason; it counts as missing, so it ranks nothing.
-A row's average covers the chosen languages only when
+A row's average covers its table's languages only when
 it has the metric for every one of them; otherwise the average is empty, the row is not ranked and
-the caption says which languages are missing.
+the caption says which languages are missing. Our tables use the chosen languages; a published table
+keeps the paper's own (Table 2: five, the low-resource table: four), so its averages are the paper's.
+A table where no row has the ranking metric (the low-resource table has WR only) ranks by the other.
+At a width the wide table does not fit, :func:`leaderboard_layouts` gives a narrower layout.
 
 Example::
 
