@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.commands import global_seed
+from harness.commands import global_seed, writes_output
 from xlpref.errors import InputError
 from xlpref.registry import names
 
@@ -78,6 +79,7 @@ def _judge_caption(judge: Any, agreement: dict | None) -> str:
 @click.option("--batch-size", type=int, default=8, show_default=True,
               help="Prompts per batch (hf); vllm takes at least 256 per generate call.")
 @click.pass_obj
+@writes_output("out_dir", is_folder=True)
 def generate(obj: Any, model: str, langs: str, out_dir: Path, data_dir: Path | None, mini: bool, limit: int | None,
              generator: str | None, backend: str, temperature: float | None, top_p: float | None,
              max_new_tokens: int | None, batch_size: int) -> None:
@@ -137,6 +139,20 @@ def _outputs_by_lang(outputs: Path, langs: list[str] | None) -> dict[str, Path]:
         raise InputError("no <lang>/model_outputs.json inside; expected the layout `xlpref generate` writes",
                          path=outputs)
     return found
+
+
+def evaluation_folder(outputs_file: Path, lang: str, judge_name: str, out_dir: Path | None) -> Path:
+    """Where the evaluation of one outputs file goes: distinct files never share a folder.
+
+    ``OUT/{lang}`` with ``-o OUT``; else beside the file: ``{lang}/model_outputs.json`` (the layout
+    ``xlpref generate`` writes) gets ``{lang}/<judge>/``, any other file ``<judge>/<file stem>/``
+    (``es.json`` and ``de.json`` of one folder get ``<judge>/es`` and ``<judge>/de``).
+    """
+    if out_dir is not None:
+        return out_dir / lang
+    if outputs_file.name == "model_outputs.json":
+        return outputs_file.parent / judge_name
+    return outputs_file.parent / judge_name / outputs_file.stem
 
 
 def _reference_generator(data_dir: Path, requested: str | None, lang: str) -> str:
@@ -207,7 +223,8 @@ def language_table(metrics: dict[str, dict]) -> Table:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Data folder (default: shared data).")
 @click.option("--mini", is_flag=True, help="Use the bundled demo set's instructions and reference outputs.")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for {lang}/annotations.json and metrics.json (default: OUTPUTS/{lang}/<judge>/).")
+              help="Folder for {lang}/annotations.json and metrics.json (default: OUTPUTS/{lang}/<judge>/, or "
+                   "<judge>/<file stem>/ beside an outputs file with another name).")
 @click.option("--instruction-difficulty", type=click.Path(path_type=Path), default=None,
               help="CSV index,instruction_difficulty for LC (default: DATA/alpaca_eval_lc/instruction_difficulty.csv "
                    "when present).")
@@ -221,8 +238,10 @@ def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, 
     from harness.evaluation.judging import evaluate_outputs
     from harness.evaluation.model_outputs import load_model_outputs
     from harness.judges.loading import load_judge, read_agreement
+    from harness.store import check_output_options, record_output_options
     from xlpref.data import load_instructions, load_reference_outputs
     from xlpref.languages import parse_languages
+    from xlpref.runlock import hold_lock
 
     files = _outputs_by_lang(outputs, parse_languages(langs) if langs else None)
     for path in files.values():  # bad files fail before any judge loads
@@ -232,16 +251,25 @@ def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, 
     default_difficulty = folder / "alpaca_eval_lc" / "instruction_difficulty.csv"
     difficulty = instruction_difficulty or (default_difficulty if default_difficulty.is_file() else None)
     console = Console(stderr=True)
-    metrics = {}
-    for lang, path in files.items():
-        instructions = load_instructions(folder / "x_alpacaeval" / "instructions", [lang])[lang]
-        generator = _reference_generator(folder, reference, lang)
-        refs = load_reference_outputs(folder / "x_alpacaeval" / "reference_outputs" / generator / f"{lang}.json",
-                                      instructions)
-        target = out_dir / lang if out_dir is not None else path.parent / judge.name
-        metrics[lang] = evaluate_outputs(path, refs, judge, target, instruction_difficulty=difficulty,
-                                         seed=switch_seed, lang=lang)
-        console.print(f"{lang}: {target / 'annotations.json'}, {target / 'metrics.json'}")
+    metrics, inputs = {}, {}
+    targets = {lang: evaluation_folder(path, lang, judge.name, out_dir) for lang, path in files.items()}
+    with contextlib.ExitStack() as locks:
+        for lang, target in targets.items():  # one writer per evaluation folder, for the whole command
+            locks.enter_context(hold_lock(target, is_folder=True))
+            # A folder that holds the evaluation of another outputs file is refused, never overwritten.
+            inputs[lang] = check_output_options(target / "annotations.json",
+                                                {"model_outputs": str(files[lang].resolve())},
+                                                has_work=(target / "annotations.json").is_file())
+        for lang, path in files.items():
+            instructions = load_instructions(folder / "x_alpacaeval" / "instructions", [lang])[lang]
+            generator = _reference_generator(folder, reference, lang)
+            refs = load_reference_outputs(folder / "x_alpacaeval" / "reference_outputs" / generator / f"{lang}.json",
+                                          instructions)
+            target = targets[lang]
+            metrics[lang] = evaluate_outputs(path, refs, judge, target, instruction_difficulty=difficulty,
+                                             seed=switch_seed, lang=lang)
+            record_output_options(target / "annotations.json", inputs[lang])
+            console.print(f"{lang}: {target / 'annotations.json'}, {target / 'metrics.json'}")
     calls = judge.counters
     caption = (_judge_caption(judge, read_agreement(judge)) + f"; reference {next(iter(metrics.values()))['reference']}"
                f"; {calls['calls']} judge calls, ${calls['cost_usd']:.4f}")

@@ -42,6 +42,7 @@ def run(obj, config_path: Path, iterations: int | None, run_dir_opt: Path | None
     from harness.config import load_config
     from harness.loop import run_icr
     from harness.results.run_leaderboard import run_leaderboard
+    from xlpref.runlock import hold_lock
 
     overrides = {}
     run_dir = run_dir_opt or (obj.run_dir if obj else None)
@@ -49,10 +50,11 @@ def run(obj, config_path: Path, iterations: int | None, run_dir_opt: Path | None
         overrides["run_dir"] = str(run_dir)
     config = load_config(config_path, overrides=overrides)
     console = Console(stderr=True)
-    ctx = run_icr(config, iterations=iterations, console=console)
-    out = Console(width=None if Console().is_terminal else 140)  # logs: wide enough for the tables
-    if config.evaluation.is_enabled:
-        for table in run_leaderboard(ctx):
-            out.print(table)
+    with hold_lock(config.run_dir, is_folder=True, what="run directory"):  # one writer per run directory
+        ctx = run_icr(config, iterations=iterations, console=console)
+        out = Console(width=None if Console().is_terminal else 140)  # logs: wide enough for the tables
+        if config.evaluation.is_enabled:
+            for table in run_leaderboard(ctx):
+                out.print(table)
     out.print(stage_table(ctx.store.stages()))
     out.print(f"run directory: {ctx.store.root}")
