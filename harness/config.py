@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from xlpref.cluster import ComputeConfig
 from xlpref.distributed import DEEPSPEED_STAGES, LAUNCHERS
 from xlpref.errors import InputError
-from xlpref.languages import LANGUAGE_NAMES
+from xlpref.languages import is_language_code
 from xlpref.registry import names
 from xlpref.training import TrainConfig
 
@@ -169,9 +169,10 @@ class RunConfig(_Strict):
     @field_validator("languages")
     @classmethod
     def _known_languages(cls, value: list[str]) -> list[str]:
-        unknown = [code for code in value if code not in LANGUAGE_NAMES]
+        unknown = [code for code in value if not is_language_code(code)]
         if unknown:
-            raise ValueError(f"unknown language code(s) {unknown}; expected codes from {sorted(LANGUAGE_NAMES)}")
+            raise ValueError(f"unknown language code(s) {unknown}; expected ISO 639-1 codes (two lowercase letters "
+                             "naming a language, e.g. en, pt, it)")
         if len(set(value)) != len(value):
             raise ValueError("duplicate language codes")
         return value

@@ -117,18 +117,18 @@ def generate(obj: Any, model: str, langs: str, out_dir: Path, data_dir: Path | N
 # -- evaluate -------------------------------------------------------------------------------------
 
 def _outputs_by_lang(outputs: Path, langs: list[str] | None) -> dict[str, Path]:
-    from xlpref.languages import LANGUAGE_NAMES
+    from xlpref.languages import is_language_code
 
     if outputs.is_file():
         lang = langs[0] if langs and len(langs) == 1 else (outputs.parent.name if not langs else None)
-        if lang not in LANGUAGE_NAMES:
+        if not is_language_code(lang):
             raise InputError("cannot tell the language of this outputs file; expected --langs with one code",
                              path=outputs)
         return {lang: outputs}
     if not outputs.is_dir():
         raise InputError("not found; expected a folder of {lang}/model_outputs.json or a model_outputs.json file",
                          path=outputs)
-    found = {p.parent.name: p for p in sorted(outputs.glob("*/model_outputs.json")) if p.parent.name in LANGUAGE_NAMES}
+    found = {p.parent.name: p for p in sorted(outputs.glob("*/model_outputs.json")) if is_language_code(p.parent.name)}
     if langs:
         missing = [lang for lang in langs if lang not in found]
         if missing:
