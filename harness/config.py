@@ -146,6 +146,10 @@ class EvaluationConfig(_Strict):
                                         description="lm-eval tasks run on every iteration's model ('recommended' = per language set)")
     capability_include_path: Optional[Path] = Field(None, description="folder of local lm-eval task YAML")
     capability_limit: Optional[int] = Field(None, ge=1, description="documents per lm-eval task")
+    drift_check: int = Field(0, ge=0, description="re-ask the judge this many cached pairs at the start of each "
+                             "evaluation and record judge_drift in metrics.json (0: off; harness/evaluation/drift.py)")
+    drift_threshold: float = Field(0.1, gt=0, le=1, description="mean |preference difference| above which the "
+                                   "judge is said to have drifted")
 
     check_backend = _registered("sampler", "backend")
 

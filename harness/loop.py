@@ -107,7 +107,8 @@ def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
         for lang in ctx.config.languages:
             metrics[lang] = evaluate_outputs(paths[lang], ctx.references[lang], judge, out_dir / lang,
                                              instruction_difficulty=ctx.config.data.instruction_difficulty,
-                                             seed=cfg.switch_seed, lang=lang)
+                                             seed=cfg.switch_seed, lang=lang, drift_check=cfg.drift_check,
+                                             drift_threshold=cfg.drift_threshold)
     finally:
         getattr(judge, "close", lambda: None)()  # a local judge's model goes before lm-eval loads the policy
         _release()

@@ -155,6 +155,11 @@ def evaluation_folder(outputs_file: Path, lang: str, judge_name: str, out_dir: P
     return outputs_file.parent / judge_name / outputs_file.stem
 
 
+def _folder_list(folders: Any) -> str:
+    folders = [str(f) for f in folders]
+    return f"{folders[0]}/" if len(folders) == 1 else "each <folder>/"
+
+
 def _reference_generator(data_dir: Path, requested: str | None, lang: str) -> str:
     from benchmarks.x_alpacaeval import load_benchmark
     from xlpref.data import reference_generators
@@ -230,11 +235,16 @@ def language_table(metrics: dict[str, dict]) -> Table:
                    "when present).")
 @click.option("--switch-seed", type=int, default=0, show_default=True, help="Seed of the output-order switch "
               "(AlpacaEval's is 0).")
+@click.option("--drift-check", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
+              help="Re-ask the judge K cached pairs first and record judge_drift in metrics.json (0: off).")
+@click.option("--drift-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+              help="Mean |preference difference| above which the judge is said to have drifted.")
 @click.pass_obj
 def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, ...], reference: str | None,
              langs: str | None, data_dir: Path | None, mini: bool, out_dir: Path | None,
-             instruction_difficulty: Path | None, switch_seed: int) -> None:
+             instruction_difficulty: Path | None, switch_seed: int, drift_check: int, drift_threshold: float) -> None:
     """Judge OUTPUTS (a folder of {lang}/model_outputs.json, or one file) against reference outputs."""
+    from harness.evaluation.drift import drift_message
     from harness.evaluation.judging import evaluate_outputs
     from harness.evaluation.model_outputs import load_model_outputs
     from harness.judges.loading import load_judge, read_agreement
@@ -267,12 +277,17 @@ def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, 
                                           instructions)
             target = targets[lang]
             metrics[lang] = evaluate_outputs(path, refs, judge, target, instruction_difficulty=difficulty,
-                                             seed=switch_seed, lang=lang)
+                                             seed=switch_seed, lang=lang, drift_check=drift_check,
+                                             drift_threshold=drift_threshold)
             record_output_options(target / "annotations.json", inputs[lang])
             console.print(f"{lang}: {target / 'annotations.json'}, {target / 'metrics.json'}")
     calls = judge.counters
     caption = (_judge_caption(judge, read_agreement(judge)) + f"; reference {next(iter(metrics.values()))['reference']}"
-               f"; {calls['calls']} judge calls, ${calls['cost_usd']:.4f}")
+               f"; {calls['calls']} judge calls, ${calls['cost_usd']:.4f} this invocation (all invocations: "
+               f"{_folder_list(targets.values())}judge_calls.json)")
+    drift = [m for lang, values in metrics.items() if (m := drift_message(lang, values.get("judge_drift")))]
+    if drift:
+        caption += "\n" + "; ".join(drift)
     Console().print(summary_table(metrics, caption))
     Console().print(language_table(metrics))
 
