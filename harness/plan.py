@@ -134,8 +134,9 @@ def _per_lang(counts: dict[str, int | None]) -> str:
 
 def render_plan(the_plan: dict[str, Any], findings: list[Finding]) -> str:
     """The plan and the pre-flight findings as plain text (problems marked ``PROBLEM``)."""
-    lines = [f"plan of run {the_plan['name']}: {the_plan['iterations']} iteration(s), languages "
-             f"{', '.join(the_plan['languages'])}", "", "stages:"]
+    title = (f"plan of run {the_plan['name']}: {the_plan['iterations']} iteration(s), languages "
+             f"{', '.join(the_plan['languages'])}")
+    lines = [title, "", "stages:"]
     width = max((len(s["stage"]) for s in the_plan["stages"]), default=0)
     for stage in the_plan["stages"]:
         lines.append(f"  {stage['stage']:<{width}}  {stage['count']}")

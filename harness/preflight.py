@@ -23,12 +23,10 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness.config import RunConfig
 
@@ -135,8 +133,8 @@ def check_compute(config: RunConfig) -> list[Finding]:
                 wanted.append((tp * dp, f"{where}: vLLM tensor_parallel_size {tp} x data_parallel_size {dp}"))
     training = config.training
     if training.launcher != "none" and training.deepspeed:
-        wanted.append((training.num_processes, f"training: {training.num_processes} processes with DeepSpeed "
-                                               f"{training.deepspeed}"))
+        what = f"training: {training.num_processes} processes with DeepSpeed {training.deepspeed}"
+        wanted.append((training.num_processes, what))
     compute = config.compute
     if compute.engine == "ray" and compute.gpus_per_worker > 0 and compute.address is None:
         wanted.append((compute.workers * compute.gpus_per_worker,

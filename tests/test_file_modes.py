@@ -6,9 +6,15 @@ import os
 import stat
 
 import pytest
-
 from results_fixtures import add_row
-from xlpref.jsonio import append_jsonl_durably, current_umask, write_json_atomic, write_jsonl_atomic, write_text_atomic
+
+from xlpref.jsonio import (
+    append_jsonl_durably,
+    current_umask,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 from fake_openai_server import FakeOpenAIServer
+from results_fixtures import add_row
 from test_judge_faults import JUDGE, N_ITEMS, write_user_files
 
-from cli_helpers import run_cli
 from harness.evaluation.drift import pinned_keys
-from results_fixtures import add_row
 
 
 def evaluate(outputs: Path, data_dir: Path, server: FakeOpenAIServer, capsys, *extra) -> tuple[int, str, str]:
@@ -113,5 +113,5 @@ def test_ctrl_c_during_evaluate_says_how_to_resume(tmp_path, api_key, capsys, mo
 
     monkeypatch.setattr(judging, "_judge", interrupted)
     with FakeOpenAIServer() as server:
-        code, out, err = evaluate(outputs, data_dir, server, capsys)
+        code, _, err = evaluate(outputs, data_dir, server, capsys)
     assert code == 130 and "Aborted." in err and "rerun the same command to resume" in err, err

@@ -6,11 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import run_cli
+
 from harness.config import load_config
 from xlpref.errors import InputError
-from xlpref.languages import cross_lingual_instruction, is_language_code, language_name, parse_languages
+from xlpref.languages import (
+    cross_lingual_instruction,
+    is_language_code,
+    language_name,
+    parse_languages,
+)
 from xlpref.sampling_prompts import requests_from_prompts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +58,7 @@ def test_pairs_refuses_a_record_whose_language_is_xx_and_writes_nothing(tmp_path
 def test_pairs_accepts_a_language_outside_the_benchmark(tmp_path, capsys):
     path = tmp_path / "scored.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in [scored("pt", 1, "a", 1.0), scored("pt", 1, "bb", 0.0)]))
-    code, out, err = run_cli(["pairs", path, "-o", tmp_path / "pairs.jsonl", "--no-length-control"], capsys)
+    code, _, err = run_cli(["pairs", path, "-o", tmp_path / "pairs.jsonl", "--no-length-control"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "pairs.jsonl").read_text())["lang"] == "pt"
 
@@ -85,5 +90,5 @@ def test_a_config_naming_pt_loads_and_the_run_fails_naming_the_missing_data_file
 
 
 def test_a_config_naming_xx_is_refused(tmp_path, capsys):
-    code, out, err = run_cli(["run", write_config(tmp_path, ["en", "xx"])], capsys)
+    code, _, err = run_cli(["run", write_config(tmp_path, ["en", "xx"])], capsys)
     assert code == 2 and "field 'languages'" in err and "unknown language code(s) ['xx']" in err

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import run_cli
+
 from xlpref.data import default_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_paper_plan_prints_without_gpu_network_or_key(paper_workdir, capsys):
 def test_an_invalid_config_is_refused_by_the_dry_run_too(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("name: x\nlanguages: [en]\nmodels: {policy: a}\n")
-    code, out, err = run_cli(["run", config, "--dry-run"], capsys)
+    code, _, err = run_cli(["run", config, "--dry-run"], capsys)
     assert code == 2 and err.startswith("error: ") and "bad.yaml" in err
 
 

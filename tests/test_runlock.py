@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import run_cli
 from results_fixtures import add_row
+
 from xlpref.errors import InputError
 from xlpref.runlock import hold_lock, lock_path
 
@@ -71,9 +71,8 @@ def test_a_second_run_of_the_same_config_exits_2_naming_the_holder(tmp_path, cap
 def test_a_second_writer_of_an_output_file_is_refused_while_another_output_is_free(tmp_path, holder):
     output = tmp_path / "samples.jsonl"
     holder(output, is_folder=False)
-    with pytest.raises(InputError, match="another xlpref process is writing here"):
-        with hold_lock(output, is_folder=False):
-            pass
+    with pytest.raises(InputError, match="another xlpref process is writing here"), hold_lock(output, is_folder=False):
+        pass
     with hold_lock(tmp_path / "other.jsonl", is_folder=False) as path:
         assert path == tmp_path / ".other.jsonl.lock" and path.is_file()
     assert not path.exists()
@@ -105,9 +104,9 @@ def test_a_lock_left_by_another_host_is_taken_over_with_a_warning_about_shared_f
 
 def test_a_refused_writer_leaves_no_folder_it_created(tmp_path):
     (tmp_path / "blocker").write_text("a regular file")
-    with pytest.raises(InputError, match="cannot create run directory"):
-        with hold_lock(tmp_path / "blocker" / "run", is_folder=True, what="run directory"):
-            pass
+    with pytest.raises(InputError, match="cannot create run directory"), \
+            hold_lock(tmp_path / "blocker" / "run", is_folder=True, what="run directory"):
+        pass
     with hold_lock(tmp_path / "new" / "run", is_folder=True):
         pass
     assert not (tmp_path / "new").exists()

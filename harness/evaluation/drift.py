@@ -13,7 +13,7 @@ the pinned reference); the re-asked calls are counted and paid like any other.
 
 Example::
 
-    drift = check_drift(judge, items, cache, k=5, seed=0, threshold=0.1)
+    drift = check_drift(lambda batch: judge.judgements(batch), items, cache, k=5, seed=0, threshold=0.1)
     drift["is_drift"], drift["agreement"], drift["mean_abs_preference_difference"]
 """
 
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 #: Mean absolute difference of preferences ([1, 2] scale) above which answers are said to have drifted.
 DEFAULT_DRIFT_THRESHOLD = 0.1
@@ -37,18 +38,20 @@ def pinned_keys(candidates: list[str], k: int, seed: int) -> list[str]:
     return sorted(random.Random(seed).sample(ordered, min(k, len(ordered))))
 
 
-def check_drift(judge: Any, items: Mapping[str, Any], cache: Any, *, k: int, seed: int,
+def check_drift(ask: Callable[[list], list], items: Mapping[str, Any], cache: Any, *, k: int, seed: int,
                 threshold: float = DEFAULT_DRIFT_THRESHOLD) -> dict:
-    """Re-ask ``judge`` K cached pairs of ``items`` ({cache key: JudgeItem}); the ``judge_drift`` record."""
-    from harness.evaluation.judging import _judge
+    """Re-ask K cached pairs of ``items`` ({cache key: JudgeItem}); returns the ``judge_drift`` record.
 
+    Args:
+        ask: the judge, bypassing the cache: JudgeItems -> Judgements (``preference``, NaN when unparsed).
+    """
     candidates = [key for key in items if key in cache and cache[key].get("preference") is not None]
     keys = pinned_keys(candidates, k, seed)
     result = {"n_requested": k, "n_checked": 0, "n_unparsed": 0, "agreement": None,
               "mean_abs_preference_difference": None, "threshold": threshold, "seed": seed, "is_drift": False}
     if not keys:
         return result
-    answers = _judge(judge, [items[key] for key in keys])
+    answers = ask([items[key] for key in keys])
     pairs = [(float(cache[key]["preference"]), answer.preference) for key, answer in zip(keys, answers)]
     parsed = [(old, new) for old, new in pairs if not math.isnan(new)]
     result.update(n_checked=len(keys), n_unparsed=len(pairs) - len(parsed))

@@ -168,7 +168,8 @@ def annotate(model_outputs: list[dict], reference_outputs: list[dict], judge: Ju
         if not same and key not in items:
             items[key] = JudgeItem(row.instruction, row.output_1, row.output_2)
     if drift_check and report is not None:  # before any new answer joins the cache
-        report["judge_drift"] = check_drift(judge, items, cache, k=drift_check, seed=seed, threshold=drift_threshold)
+        report["judge_drift"] = check_drift(lambda batch: _judge(judge, batch), items, cache, k=drift_check, seed=seed,
+                                            threshold=drift_threshold)
         if on_chunk is not None:
             on_chunk()
     size = chunk_size or getattr(judge, "chunk_size", 16)
