@@ -115,3 +115,26 @@ def test_ctrl_c_during_evaluate_says_how_to_resume(tmp_path, api_key, capsys, mo
     with FakeOpenAIServer() as server:
         code, _, err = evaluate(outputs, data_dir, server, capsys)
     assert code == 130 and "Aborted." in err and "rerun the same command to resume" in err, err
+
+
+def test_a_later_evaluation_re_asks_the_pinned_pairs_of_an_earlier_one(tmp_path, api_key):
+    """The run's way: iteration t re-asks pairs of pi_0's evaluation (another folder, other outputs)."""
+    from harness.evaluation.judging import evaluate_outputs
+    from harness.judges.loading import load_judge
+    from test_judge_faults import marked_pairs
+
+    model, refs = marked_pairs()
+    later = [{**m, "output": m["output"] + " (pi_1)"} for m in model]
+    with FakeOpenAIServer(p_good=0.9) as first:
+        judge = load_judge(JUDGE, base_url=first.base_url, retry_backoff_s=0.05)
+        evaluate_outputs(model, refs, judge, tmp_path / "iter_0", progress=False, drift_check=4)
+    pinned_cache = (tmp_path / "iter_0" / "judge_cache.jsonl").read_text()
+    with FakeOpenAIServer(p_good=0.2) as changed:
+        judge = load_judge(JUDGE, base_url=changed.base_url, retry_backoff_s=0.05)
+        metrics = evaluate_outputs(later, refs, judge, tmp_path / "iter_1", progress=False, drift_check=4,
+                                   drift_source=tmp_path / "iter_0")
+        assert changed.hits == N_ITEMS + 4
+    drift = metrics["judge_drift"]
+    assert (drift["n_checked"], drift["agreement"], drift["is_drift"]) == (4, 0.0, True)
+    assert drift["mean_abs_preference_difference"] == pytest.approx(0.7, abs=1e-6)
+    assert (tmp_path / "iter_0" / "judge_cache.jsonl").read_text() == pinned_cache  # the pinned answers stay

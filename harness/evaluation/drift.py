@@ -3,8 +3,9 @@
 A hosted judge model can change behind the same name (AlpacaEval users have reported it more than
 once), and the judge cache would hide it: cached answers are reused, new pairs get the new model's
 answers, and the win rate mixes the two. With ``evaluation.drift_check: K`` (``xlpref evaluate
---drift-check K``) an evaluation starts by choosing K pairs (by seed, among this evaluation's pairs
-whose answer is already in the judge cache), asking the judge again, bypassing the cache, and
+--drift-check K``) an evaluation starts by choosing K pinned pairs (by seed, among pairs whose answer
+is already in a judge cache: in ``xlpref evaluate`` this evaluation's own, so a re-evaluation or a
+resume; in a run, from iteration 1 on, the pairs of pi_0's evaluation), asking the judge again, bypassing the cache, and
 comparing the new preferences with the cached ones: the agreement (same side of 1.5) and the mean
 absolute preference difference go into metrics.json as ``judge_drift``; a difference above
 ``drift_threshold`` (default 0.1 on AlpacaEval's [1, 2] preference scale) is "judge drift", reported

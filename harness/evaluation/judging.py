@@ -252,7 +252,7 @@ def _judge_into_cache(judge: Judge, todo: dict[str, JudgeItem], cache: Annotatio
 def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: list[dict], judge: Judge,
                      out_dir: str | Path, *, instruction_difficulty: Any = None, cache_path: str | Path | None = None,
                      seed: int = 0, progress: bool = True, lang: str | None = None, drift_check: int = 0,
-                     drift_threshold: float = DEFAULT_DRIFT_THRESHOLD) -> dict:
+                     drift_threshold: float = DEFAULT_DRIFT_THRESHOLD, drift_source: str | Path | None = None) -> dict:
     """Annotate, then write ``out_dir/annotations.json`` and ``out_dir/metrics.json``; returns the metrics.
 
     ``out_dir/judge_calls.json`` holds the judge's calls, tokens and cost summed over every invocation
@@ -267,6 +267,8 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
             :func:`harness.metrics.language.language_metrics` (target and mixed rate, gated win rate).
         drift_check: re-ask this many cached pairs first (:mod:`harness.evaluation.drift`); the result is
             ``judge_drift`` in the metrics.
+        drift_source: an earlier evaluation's folder (annotations.json, judge_cache.jsonl) whose pairs are
+            the pinned ones (a run pins its first evaluation's); default: this evaluation's own cached pairs.
     Raises:
         InputError: the judge gave no usable preference for any output (nothing is written but the cache
             and the judge's counters).
@@ -284,9 +286,14 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
     calls = JudgeCalls(out_dir / "judge_calls.json", judge)
     report: dict = {}
     try:
+        if drift_check and drift_source is not None:
+            report["judge_drift"] = drift_from_earlier(judge, Path(drift_source), k=drift_check, seed=seed,
+                                                       threshold=drift_threshold)
+            calls.save()
         annotations = annotate(records, reference_outputs, judge,
                                cache_path=cache_path if cache_path is not None else out_dir / "judge_cache.jsonl",
-                               seed=seed, progress=progress, drift_check=drift_check, drift_threshold=drift_threshold,
+                               seed=seed, progress=progress, drift_threshold=drift_threshold,
+                               drift_check=drift_check if drift_source is None else 0,
                                report=report, on_chunk=calls.save)
     finally:
         calls.save()
@@ -313,6 +320,20 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
             log.warning(message)
     write_json_atomic(out_dir / "metrics.json", metrics)
     return {**metrics, "judge_calls": calls.this_invocation()}
+
+
+def drift_from_earlier(judge: Judge, folder: Path, *, k: int, seed: int, threshold: float) -> dict:
+    """The drift check on an earlier evaluation's pairs, rebuilt as shown from its annotations.json."""
+    annotations_path, cache_path = folder / "annotations.json", folder / "judge_cache.jsonl"
+    items: dict[str, JudgeItem] = {}
+    if annotations_path.is_file() and cache_path.is_file():
+        for a in read_json(annotations_path):
+            if a.get("annotator_config_hash") != judge.config_hash or a.get("raw_completion") is None:
+                continue  # another judge config, or an identical pair that was never asked
+            shown = (a["output_2"], a["output_1"]) if a.get(SWITCH_COLUMN) else (a["output_1"], a["output_2"])
+            items[annotation_key(judge.config_hash, a["instruction"], *shown)] = JudgeItem(a["instruction"], *shown)
+    return check_drift(lambda batch: _judge(judge, batch), items, AnnotationCache(cache_path), k=k, seed=seed,
+                       threshold=threshold)
 
 
 class JudgeCalls:
