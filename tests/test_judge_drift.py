@@ -119,9 +119,10 @@ def test_ctrl_c_during_evaluate_says_how_to_resume(tmp_path, api_key, capsys, mo
 
 def test_a_later_evaluation_re_asks_the_pinned_pairs_of_an_earlier_one(tmp_path, api_key):
     """The run's way: iteration t re-asks pairs of pi_0's evaluation (another folder, other outputs)."""
+    from test_judge_faults import marked_pairs
+
     from harness.evaluation.judging import evaluate_outputs
     from harness.judges.loading import load_judge
-    from test_judge_faults import marked_pairs
 
     model, refs = marked_pairs()
     later = [{**m, "output": m["output"] + " (pi_1)"} for m in model]
