@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: What every interruption says: record logs, judge caches and finished stages are kept.
+RESUME_HINT = "What was finished is kept; rerun the same command to resume."
+
+
 @dataclass
 class Context:
     """Global options, passed to every command as ``ctx.obj``."""
@@ -112,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("Aborted.", err=True)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo(f"Aborted. {RESUME_HINT}", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from xlpref.cluster import ComputeConfig
 from xlpref.distributed import DEEPSPEED_STAGES, LAUNCHERS
 from xlpref.errors import InputError
-from xlpref.languages import LANGUAGE_NAMES
+from xlpref.languages import is_language_code
 from xlpref.registry import names
 from xlpref.training import TrainConfig
 
@@ -146,6 +146,10 @@ class EvaluationConfig(_Strict):
                                         description="lm-eval tasks run on every iteration's model ('recommended' = per language set)")
     capability_include_path: Optional[Path] = Field(None, description="folder of local lm-eval task YAML")
     capability_limit: Optional[int] = Field(None, ge=1, description="documents per lm-eval task")
+    drift_check: int = Field(0, ge=0, description="re-ask the judge this many cached pairs at the start of each "
+                             "evaluation and record judge_drift in metrics.json (0: off; harness/evaluation/drift.py)")
+    drift_threshold: float = Field(0.1, gt=0, le=1, description="mean |preference difference| above which the "
+                                   "judge is said to have drifted")
 
     check_backend = _registered("sampler", "backend")
 
@@ -169,9 +173,10 @@ class RunConfig(_Strict):
     @field_validator("languages")
     @classmethod
     def _known_languages(cls, value: list[str]) -> list[str]:
-        unknown = [code for code in value if code not in LANGUAGE_NAMES]
+        unknown = [code for code in value if not is_language_code(code)]
         if unknown:
-            raise ValueError(f"unknown language code(s) {unknown}; expected codes from {sorted(LANGUAGE_NAMES)}")
+            raise ValueError(f"unknown language code(s) {unknown}; expected ISO 639-1 codes (two lowercase letters "
+                             "naming a language, e.g. en, pt, it)")
         if len(set(value)) != len(value):
             raise ValueError("duplicate language codes")
         return value

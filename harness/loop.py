@@ -107,7 +107,9 @@ def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
         for lang in ctx.config.languages:
             metrics[lang] = evaluate_outputs(paths[lang], ctx.references[lang], judge, out_dir / lang,
                                              instruction_difficulty=ctx.config.data.instruction_difficulty,
-                                             seed=cfg.switch_seed, lang=lang)
+                                             seed=cfg.switch_seed, lang=lang, drift_check=cfg.drift_check,
+                                             drift_threshold=cfg.drift_threshold,  # pinned: pi_0's evaluation
+                                             drift_source=ctx.store.path("eval", "iter_0", lang) if t else None)
     finally:
         getattr(judge, "close", lambda: None)()  # a local judge's model goes before lm-eval loads the policy
         _release()

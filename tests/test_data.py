@@ -229,7 +229,7 @@ BAD_INPUTS = {
         [f"{INS}/en.json", "record 0", "field 'instruction'", "expected a non-empty string"]),
     "unknown language code": (
         lambda d: shutil.copy(d / INS / "en.json", d / INS / "xx.json"),
-        [f"{INS}/xx.json", "unknown language code 'xx'", "expected one of"]),
+        [f"{INS}/xx.json", "unknown language code 'xx'", "expected an ISO 639-1 code"]),
     "non-integer id": (
         lambda d: _edit_json(d / INS / "de.json", lambda rows: rows[2].update(id="3")),
         [f"{INS}/de.json", "record 2", "field 'id'", "expected a positive integer id"]),

@@ -143,10 +143,12 @@ def test_server_gone_for_good_then_rerun_resumes(tmp_path, api_key, capsys):
                   "rerun the same command to resume"):
         assert words in err, err
     assert api_key not in err
-    # Every answer the server gave is kept, none twice; nothing else was written.
+    # Every answer the server gave is kept, none twice; nothing else was written but the judge's counters.
     kept = read_lines(cache)
     assert len(kept) == len({r["key"] for r in kept}) == answered >= 7
-    assert sorted(p.name for p in (results / "es").iterdir()) == ["judge_cache.jsonl"]
+    assert sorted(p.name for p in (results / "es").iterdir()) == ["judge_cache.jsonl", "judge_calls.json"]
+    first_calls = json.loads((results / "es" / "judge_calls.json").read_text())
+    assert first_calls["calls"] >= answered and first_calls["invocations"] == 1
 
     with FakeOpenAIServer(prompt_tokens=None) as healthy:
         code, out, err = evaluate(healthy)
@@ -158,3 +160,8 @@ def test_server_gone_for_good_then_rerun_resumes(tmp_path, api_key, capsys):
     assert [a["preference"] for a in annotations] == pytest.approx(
         [1.9 if a["id"] % 2 == 0 else 1.1 for a in annotations])
     assert len(read_lines(cache)) == N_ITEMS
+    # The counters (and so the cost) sum both invocations.
+    calls = json.loads((results / "es" / "judge_calls.json").read_text())
+    assert calls["calls"] == first_calls["calls"] + N_ITEMS - answered and calls["invocations"] == 2
+    assert calls["prompt_tokens"] == first_calls["prompt_tokens"] + healthy.served["prompt_tokens"]
+    assert calls["last_invocation"]["calls"] == N_ITEMS - answered

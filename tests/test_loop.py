@@ -21,7 +21,7 @@ TINY = REPO / "tests" / "fixtures" / "tiny_run.yaml"
 COMPARED = ("*/samples.jsonl", "*/scored.jsonl", "*/pairs.jsonl", "*/pairs.summary.json",
             "eval/*/*/model_outputs.json", "eval/*/*/annotations.json", "eval/*/*/metrics.json",
             "leaderboard.csv", "deltas.csv")
-# judge_calls.json counts the calls of the last invocation: a resumed run makes fewer, by design.
+# judge_calls.json sums the calls of every invocation: a resumed run may redo a cut chunk, by design.
 
 
 class Interrupt(Exception):

@@ -192,17 +192,16 @@ def test_summary_renders_a_row_per_language():
 
 
 def test_pairs_cli_round_trip_and_nan_error(tmp_path, capsys):
-    from click.testing import CliRunner
-
-    from harness.cli import cli, main
+    from cli_helpers import run_cli
+    from harness.cli import main
 
     scored = tmp_path / "scored.jsonl"
     rows = group("es", 1, [("corto", 1.0), ("una respuesta larga", 2.0)]) + group("es", 2, [("x", 0.0)])
     scored.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "pairs.jsonl"
-    run = CliRunner().invoke(cli, ["pairs", str(scored), "-o", str(out), "--no-length-control"])
-    assert run.exit_code == 0, run.output
-    assert "es" in run.output and "wrote 1 pairs" in run.output
+    code, out_text, err = run_cli(["pairs", scored, "-o", out, "--no-length-control"], capsys)
+    assert code == 0, out_text + err
+    assert "es" in out_text + err and "wrote 1 pairs" in out_text + err
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert written == build_pairs(rows, length_control=False).pairs
     summary = json.loads((tmp_path / "pairs.summary.json").read_text())

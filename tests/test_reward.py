@@ -194,10 +194,8 @@ def test_resumed_scoring_equals_uninterrupted(tmp_path, monkeypatch):
                       log=RecordLog(tmp_path / "scored.jsonl", SCORE_KEY), progress=False)
 
 
-def test_cli_score_then_pairs(tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
-    from harness.cli import cli
+def test_cli_score_then_pairs(tmp_path, monkeypatch, capsys):
+    from cli_helpers import run_cli
     from xlpref.pairs import build_pairs
 
     monkeypatch.setenv("XLPREF_CACHE", str(tmp_path / "cache"))
@@ -205,16 +203,15 @@ def test_cli_score_then_pairs(tmp_path, monkeypatch):
     rows = [sample(lang=lang, id_=i, index=k, response=RESPONSES[(i + k) % 5])
             for lang in ("es", "zh") for i in range(2) for k in range(3)]
     samples.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    runner = CliRunner()
 
     # The same spec twice is one model: every reward is 0 and every group is skipped.
-    same = runner.invoke(cli, ["score", "--policy", "tiny-random-llama", "--reference", "tiny-random-llama",
-                               str(samples), "-o", str(tmp_path / "zero.jsonl")])
-    assert same.exit_code == 0, same.output
+    code, out, err = run_cli(["score", "--policy", "tiny-random-llama", "--reference", "tiny-random-llama",
+                              samples, "-o", tmp_path / "zero.jsonl"], capsys)
+    assert code == 0, out + err
     zero = [json.loads(line) for line in (tmp_path / "zero.jsonl").read_text().splitlines()]
     assert all(r["reward"] == 0.0 for r in zero)
-    run = runner.invoke(cli, ["pairs", str(tmp_path / "zero.jsonl"), "-o", str(tmp_path / "zero_pairs.jsonl")])
-    assert run.exit_code == 0, run.output
+    code, out, err = run_cli(["pairs", tmp_path / "zero.jsonl", "-o", tmp_path / "zero_pairs.jsonl"], capsys)
+    assert code == 0, out + err
     assert (tmp_path / "zero_pairs.jsonl").read_text() == ""
     assert json.loads((tmp_path / "zero_pairs.summary.json").read_text())["es"]["skipped_equal_rewards"] == 2
 
@@ -223,9 +220,9 @@ def test_cli_score_then_pairs(tmp_path, monkeypatch):
         model, tokenizer = build_tiny_model("tiny-random-llama", seed=seed)
         model.save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
-    run = runner.invoke(cli, ["score", "--policy", str(tmp_path / "policy"), "--reference", str(tmp_path / "reference"),
-                              "--max-batch-tokens", "128", str(samples), "-o", str(tmp_path / "scored.jsonl")])
-    assert run.exit_code == 0, run.output
+    code, out, err = run_cli(["score", "--policy", tmp_path / "policy", "--reference", tmp_path / "reference",
+                              "--max-batch-tokens", "128", samples, "-o", tmp_path / "scored.jsonl"], capsys)
+    assert code == 0, out + err
     scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
     assert [(r["lang"], r["id"], r["sample_index"]) for r in scored] == \
         [(r["lang"], r["id"], r["sample_index"]) for r in rows]
@@ -234,9 +231,9 @@ def test_cli_score_then_pairs(tmp_path, monkeypatch):
     reference, _ = build_tiny_model("tiny-random-llama", seed=2)
     direct = score_records(rows, policy, reference, tokenizer, progress=False)
     assert [r["reward"] for r in scored] == pytest.approx([r["reward"] for r in direct], abs=1e-4)
-    run = runner.invoke(cli, ["pairs", str(tmp_path / "scored.jsonl"), "-o", str(tmp_path / "pairs.jsonl"),
-                              "--alpha-step", "0.01"])
-    assert run.exit_code == 0, run.output
+    code, out, err = run_cli(["pairs", tmp_path / "scored.jsonl", "-o", tmp_path / "pairs.jsonl",
+                              "--alpha-step", "0.01"], capsys)
+    assert code == 0, out + err
     written = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     assert written == build_pairs(scored, alpha_step=0.01).pairs and len(written) == 4
     assert all(p["chosen_reward"] > p["rejected_reward"] or p["alpha"] > 0 for p in written)

@@ -7,9 +7,8 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
-
-from harness.cli import cli, main
+from cli_helpers import run_cli
+from harness.cli import main
 from xlpref.records import RecordLog
 from xlpref.errors import InputError
 from xlpref.jsonio import read_jsonl
@@ -222,18 +221,18 @@ def test_prompt_folder_without_english_is_refused(prompts_dir):
         requests_from_prompts(prompts_dir, ["es"])
 
 
-def test_cli_round_trip_and_rerun_is_a_no_op(prompts_dir, tmp_path):
+def test_cli_round_trip_and_rerun_is_a_no_op(prompts_dir, tmp_path, capsys):
     out = tmp_path / "samples.jsonl"
     args = ["--seed", "3", "sample", "--model", "tiny-random-llama", "--prompts", str(prompts_dir), "--langs", "en,es",
             "--n", "2", "--max-new-tokens", "4", "--limit", "2", "-o", str(out)]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 0, result.output
+    code, out_text, err = run_cli(args, capsys)
+    assert code == 0, out_text + err
     records = read_jsonl(out)
     assert [(r["lang"], r["id"], r["sample_index"]) for r in records] == [
         (lang, i, k) for lang in ("en", "es") for i in IDS[:2] for k in range(2)]
     assert {r["seed"] for r in records} == {3} and {r["model"] for r in records} == {"tiny-random-llama"}
-    again = CliRunner().invoke(cli, args)
-    assert again.exit_code == 0 and "already finished" in " ".join(again.output.split())  # rich may wrap
+    code, out_text, err = run_cli(args, capsys)
+    assert code == 0 and "already finished" in " ".join((out_text + err).split())  # rich may wrap
     assert read_jsonl(out) == records
 
 

@@ -220,19 +220,18 @@ def test_english_dpo_model_is_cached(tmp_path):
     assert json.loads((out / MARKER).read_text())["config"]["epochs"] == 2
 
 
-def test_cli_round_trip_and_bad_pairs_exit_2(tmp_path):
-    from click.testing import CliRunner
-
-    from harness.cli import cli, main
+def test_cli_round_trip_and_bad_pairs_exit_2(tmp_path, capsys):
+    from cli_helpers import run_cli
+    from harness.cli import main
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in PAIRS), encoding="utf-8")
     out = tmp_path / "model"
     args = ["train", "--model", "tiny-random-llama", "--pairs", str(pairs), "-o", str(out), "--epochs", "1",
             "--batch-size", "8", "--lr", "1e-3", "--max-length", "128", "--beta", "0.2", "--nll-weight", "0.5"]
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    assert str(out) in result.output
+    code, out_text, err = run_cli(args, capsys)
+    assert code == 0, out_text + err
+    assert str(out) in out_text
     meta = json.loads((out / MARKER).read_text())
     assert meta["config"]["beta"] == 0.2 and meta["config"]["nll_weight"] == 0.5 and meta["steps"] == 1
     load_model(str(out), device="cpu")

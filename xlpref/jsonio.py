@@ -1,7 +1,9 @@
 """JSON and JSONL reading with precise errors, and atomic writing.
 
 Every artifact is written to a temporary file in the same folder and renamed into place, so a
-crash never leaves a half-written file behind.
+crash never leaves a half-written file behind. The file gets the mode the process umask gives a new
+file (0644 under umask 022), not ``mkstemp``'s private 0600, so a results folder on a shared
+filesystem stays readable to the team.
 
 Example::
 
@@ -104,6 +106,27 @@ def dumps(obj: Any, *, indent: int | None = None) -> str:
     return json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=False, default=_json_default)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (``/proc/self/status``)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only briefly wrong)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file."""
+    return 0o666 & ~current_umask()
+
+
+def new_folder_mode() -> int:
+    """The mode ``mkdir`` would give a new folder (for ``tempfile.mkdtemp``'s private 0700)."""
+    return 0o777 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside ``path``; rename it into place only on success."""
@@ -119,6 +142,7 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[Any]:
         raise _not_written(exc, path) from exc
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            os.fchmod(handle.fileno(), new_file_mode())
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

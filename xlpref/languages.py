@@ -1,9 +1,26 @@
-"""Language codes, their English names, and METHOD.md's cross-lingual instruction prefix."""
+"""Language codes, their English names, and METHOD.md's cross-lingual instruction prefix.
+
+A language code is an ISO 639-1 code: two lowercase letters naming a language (``pt``, ``it``), checked
+against pycountry's copy of the ISO 639 tables (in its wheel: no network). Records, configs and flags
+accept any of the 184; the data sets exist for the 13 X-AlpacaEval languages of
+:data:`LANGUAGE_NAMES` only, so another language fails where its data file is missing, naming the file.
+
+Example::
+
+    from xlpref.languages import language_name, parse_languages
+    parse_languages("en,pt")      # ['en', 'pt']
+    language_name("pt")           # 'Portuguese'
+    parse_languages("en,xx")      # InputError: --langs: unknown language code 'xx'; expected an ISO 639-1 code ...
+"""
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
+
 from xlpref.errors import InputError
 
+#: The X-AlpacaEval languages (benchmarks/x_alpacaeval), in the benchmark's order and with its names.
 LANGUAGE_NAMES: dict[str, str] = {
     "en": "English",
     "es": "Spanish",
@@ -26,12 +43,36 @@ CROSS_LINGUAL_PREFIX = (
 )
 
 
+_ISO_639_1 = re.compile(r"[a-z]{2}")
+
+
+@lru_cache(maxsize=None)
+def _iso_name(code: str) -> str | None:
+    import pycountry
+
+    entry = pycountry.languages.get(alpha_2=code) if _ISO_639_1.fullmatch(code) else None
+    if entry is None:
+        return None
+    name = getattr(entry, "common_name", None) or entry.name
+    return name.split(" (")[0]  # "Swahili (macrolanguage)" -> "Swahili"
+
+
+def is_language_code(code: object) -> bool:
+    """Whether ``code`` is an ISO 639-1 code naming a language (``pt`` yes; ``xx``, ``PT``, ``por`` no)."""
+    return isinstance(code, str) and (code in LANGUAGE_NAMES or _iso_name(code) is not None)
+
+
+def unknown_language_message(code: object) -> str:
+    return (f"unknown language code {code!r}; expected an ISO 639-1 code (two lowercase letters naming a "
+            "language, e.g. en, pt, it)")
+
+
 def language_name(code: str) -> str:
     """English name of a language code; unknown codes raise :class:`InputError`."""
-    try:
-        return LANGUAGE_NAMES[code]
-    except KeyError:
-        raise InputError(f"unknown language code '{code}'; expected one of {sorted(LANGUAGE_NAMES)}") from None
+    name = LANGUAGE_NAMES.get(code) or (_iso_name(code) if isinstance(code, str) else None)
+    if name is None:
+        raise InputError(unknown_language_message(code))
+    return name
 
 
 def check_languages(codes: list[str]) -> list[str]:

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from xlpref.errors import InputError
-from xlpref.languages import LANGUAGE_NAMES, cross_lingual_instruction
+from xlpref.languages import cross_lingual_instruction, is_language_code, unknown_language_message
 from xlpref.logprobs import Item, paired_response_logprobs, response_logprobs
 
 __all__ = [
@@ -391,9 +391,8 @@ def check_sample_record(record: dict, reward: RewardFunction, *, path: Any = Non
     index_value = record.get("sample_index", 0)
     if isinstance(index_value, bool) or not isinstance(index_value, int) or index_value < 0:
         raise InputError(f"got {index_value!r}; expected an integer >= 0", field="sample_index", **where)
-    if isinstance(reward, (CrossLingualReward, TranslateToEnglishReward)) and record["lang"] not in LANGUAGE_NAMES:
-        raise InputError(f"unknown language code {record['lang']!r}; expected one of {sorted(LANGUAGE_NAMES)}",
-                         field="lang", **where)
+    if not is_language_code(record["lang"]):
+        raise InputError(unknown_language_message(record["lang"]), field="lang", **where)
 
 
 def _prompt_blocks(conditionings: list[str], sizes: list[int], block_size: int) -> list[list[int]]:

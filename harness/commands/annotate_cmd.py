@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from harness.commands import global_seed
+from harness.commands import global_seed, writes_output
 from xlpref.registry import names
 
 # The inputs each annotator reads (option names as the user types them).
@@ -66,6 +66,7 @@ def _read_samples(path: Path, reward: str) -> list[dict]:
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None,
               help="Resumable intermediate records (default: PAIRS.work/ beside the output).")
 @click.pass_obj
+@writes_output("output", is_folder=False)
 def annotate(obj, annotator_name: str, policy: str, prompts_path: Path | None, langs: str | None, limit: int | None,
              samples_path: Path | None, reference: str | None, reward: str, token_span: str, no_length_control: bool,
              max_new_tokens: int | None, batch_size: int | None, output: Path, work_dir: Path | None) -> None:

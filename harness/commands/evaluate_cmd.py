@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.commands import global_seed
+from harness.commands import global_seed, writes_output
 from xlpref.errors import InputError
 from xlpref.registry import names
 
@@ -78,6 +79,7 @@ def _judge_caption(judge: Any, agreement: dict | None) -> str:
 @click.option("--batch-size", type=int, default=8, show_default=True,
               help="Prompts per batch (hf); vllm takes at least 256 per generate call.")
 @click.pass_obj
+@writes_output("out_dir", is_folder=True)
 def generate(obj: Any, model: str, langs: str, out_dir: Path, data_dir: Path | None, mini: bool, limit: int | None,
              generator: str | None, backend: str, temperature: float | None, top_p: float | None,
              max_new_tokens: int | None, batch_size: int) -> None:
@@ -115,18 +117,18 @@ def generate(obj: Any, model: str, langs: str, out_dir: Path, data_dir: Path | N
 # -- evaluate -------------------------------------------------------------------------------------
 
 def _outputs_by_lang(outputs: Path, langs: list[str] | None) -> dict[str, Path]:
-    from xlpref.languages import LANGUAGE_NAMES
+    from xlpref.languages import is_language_code
 
     if outputs.is_file():
         lang = langs[0] if langs and len(langs) == 1 else (outputs.parent.name if not langs else None)
-        if lang not in LANGUAGE_NAMES:
+        if not is_language_code(lang):
             raise InputError("cannot tell the language of this outputs file; expected --langs with one code",
                              path=outputs)
         return {lang: outputs}
     if not outputs.is_dir():
         raise InputError("not found; expected a folder of {lang}/model_outputs.json or a model_outputs.json file",
                          path=outputs)
-    found = {p.parent.name: p for p in sorted(outputs.glob("*/model_outputs.json")) if p.parent.name in LANGUAGE_NAMES}
+    found = {p.parent.name: p for p in sorted(outputs.glob("*/model_outputs.json")) if is_language_code(p.parent.name)}
     if langs:
         missing = [lang for lang in langs if lang not in found]
         if missing:
@@ -137,6 +139,25 @@ def _outputs_by_lang(outputs: Path, langs: list[str] | None) -> dict[str, Path]:
         raise InputError("no <lang>/model_outputs.json inside; expected the layout `xlpref generate` writes",
                          path=outputs)
     return found
+
+
+def evaluation_folder(outputs_file: Path, lang: str, judge_name: str, out_dir: Path | None) -> Path:
+    """Where the evaluation of one outputs file goes: distinct files never share a folder.
+
+    ``OUT/{lang}`` with ``-o OUT``; else beside the file: ``{lang}/model_outputs.json`` (the layout
+    ``xlpref generate`` writes) gets ``{lang}/<judge>/``, any other file ``<judge>/<file stem>/``
+    (``es.json`` and ``de.json`` of one folder get ``<judge>/es`` and ``<judge>/de``).
+    """
+    if out_dir is not None:
+        return out_dir / lang
+    if outputs_file.name == "model_outputs.json":
+        return outputs_file.parent / judge_name
+    return outputs_file.parent / judge_name / outputs_file.stem
+
+
+def _folder_list(folders: Any) -> str:
+    folders = [str(f) for f in folders]
+    return f"{folders[0]}/" if len(folders) == 1 else "each <folder>/"
 
 
 def _reference_generator(data_dir: Path, requested: str | None, lang: str) -> str:
@@ -207,12 +228,17 @@ def language_table(metrics: dict[str, dict]) -> Table:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Data folder (default: shared data).")
 @click.option("--mini", is_flag=True, help="Use the bundled demo set's instructions and reference outputs.")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for {lang}/annotations.json and metrics.json (default: OUTPUTS/{lang}/<judge>/).")
+              help="Folder for {lang}/annotations.json and metrics.json (default: OUTPUTS/{lang}/<judge>/, or "
+                   "<judge>/<file stem>/ beside an outputs file with another name).")
 @click.option("--instruction-difficulty", type=click.Path(path_type=Path), default=None,
               help="CSV index,instruction_difficulty for LC (default: DATA/alpaca_eval_lc/instruction_difficulty.csv "
                    "when present).")
 @click.option("--switch-seed", type=int, default=0, show_default=True, help="Seed of the output-order switch "
               "(AlpacaEval's is 0).")
+@click.option("--drift-check", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
+              help="Re-ask the judge K cached pairs first and record judge_drift in metrics.json (0: off).")
+@click.option("--drift-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+              help="Mean |preference difference| above which the judge is said to have drifted.")
 @click.option("--row", "row_name", default=None, help="Also record the evaluation as leaderboard row NAME "
               "(RESULTS_DIR/NAME: outputs, annotations, metrics), as AlpacaEval's --name does.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
@@ -220,13 +246,17 @@ def language_table(metrics: dict[str, dict]) -> Table:
 @click.pass_obj
 def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, ...], reference: str | None,
              langs: str | None, data_dir: Path | None, mini: bool, out_dir: Path | None,
-             instruction_difficulty: Path | None, switch_seed: int, row_name: str | None, results_dir: Path) -> None:
+             instruction_difficulty: Path | None, switch_seed: int, drift_check: int, drift_threshold: float,
+             row_name: str | None, results_dir: Path) -> None:
     """Judge OUTPUTS (a folder of {lang}/model_outputs.json, or one file) against reference outputs."""
+    from harness.evaluation.drift import drift_message
     from harness.evaluation.judging import evaluate_outputs
     from harness.evaluation.model_outputs import load_model_outputs
     from harness.judges.loading import load_judge, read_agreement
+    from harness.store import check_output_options, record_output_options
     from xlpref.data import load_instructions, load_reference_outputs
     from xlpref.languages import parse_languages
+    from xlpref.runlock import hold_lock
 
     if row_name is not None:
         from harness.results.rows import check_row_id
@@ -240,22 +270,35 @@ def evaluate(obj: Any, outputs: Path, judge_name: str, judge_option: tuple[str, 
     default_difficulty = folder / "alpaca_eval_lc" / "instruction_difficulty.csv"
     difficulty = instruction_difficulty or (default_difficulty if default_difficulty.is_file() else None)
     console = Console(stderr=True)
-    metrics, targets = {}, {}
-    for lang, path in files.items():
-        instructions = load_instructions(folder / "x_alpacaeval" / "instructions", [lang])[lang]
-        generator = _reference_generator(folder, reference, lang)
-        refs = load_reference_outputs(folder / "x_alpacaeval" / "reference_outputs" / generator / f"{lang}.json",
-                                      instructions)
-        target = out_dir / lang if out_dir is not None else path.parent / judge.name
-        metrics[lang] = evaluate_outputs(path, refs, judge, target, instruction_difficulty=difficulty,
-                                         seed=switch_seed, lang=lang)
-        console.print(f"{lang}: {target / 'annotations.json'}, {target / 'metrics.json'}")
-        targets[lang] = target
+    metrics, inputs = {}, {}
+    targets = {lang: evaluation_folder(path, lang, judge.name, out_dir) for lang, path in files.items()}
+    with contextlib.ExitStack() as locks:
+        for lang, target in targets.items():  # one writer per evaluation folder, for the whole command
+            locks.enter_context(hold_lock(target, is_folder=True))
+            # A folder that holds the evaluation of another outputs file is refused, never overwritten.
+            inputs[lang] = check_output_options(target / "annotations.json",
+                                                {"model_outputs": str(files[lang].resolve())},
+                                                has_work=(target / "annotations.json").is_file())
+        for lang, path in files.items():
+            instructions = load_instructions(folder / "x_alpacaeval" / "instructions", [lang])[lang]
+            generator = _reference_generator(folder, reference, lang)
+            refs = load_reference_outputs(folder / "x_alpacaeval" / "reference_outputs" / generator / f"{lang}.json",
+                                          instructions)
+            target = targets[lang]
+            metrics[lang] = evaluate_outputs(path, refs, judge, target, instruction_difficulty=difficulty,
+                                             seed=switch_seed, lang=lang, drift_check=drift_check,
+                                             drift_threshold=drift_threshold)
+            record_output_options(target / "annotations.json", inputs[lang])
+            console.print(f"{lang}: {target / 'annotations.json'}, {target / 'metrics.json'}")
     if row_name is not None:
         _record_row(row_name, results_dir, files, targets, judge, judge_name, outputs)
     calls = judge.counters
     caption = (_judge_caption(judge, read_agreement(judge)) + f"; reference {next(iter(metrics.values()))['reference']}"
-               f"; {calls['calls']} judge calls, ${calls['cost_usd']:.4f}")
+               f"; {calls['calls']} judge calls, ${calls['cost_usd']:.4f} this invocation (all invocations: "
+               f"{_folder_list(targets.values())}judge_calls.json)")
+    drift = [m for lang, values in metrics.items() if (m := drift_message(lang, values.get("judge_drift")))]
+    if drift:
+        caption += "\n" + "; ".join(drift)
     Console().print(summary_table(metrics, caption))
     Console().print(language_table(metrics))
 

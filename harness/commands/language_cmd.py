@@ -33,13 +33,13 @@ from xlpref.errors import InputError
 def read_texts(path: Path, lang: str | None) -> tuple[list[str], list[str]]:
     """(texts, target language of each) from a model_outputs.json or a SAMPLES / PAIRS JSONL file."""
     from xlpref.jsonio import iter_jsonl, read_json
-    from xlpref.languages import LANGUAGE_NAMES
+    from xlpref.languages import is_language_code
 
     if path.suffix == ".json":
         from harness.evaluation.model_outputs import load_model_outputs
 
         records = load_model_outputs(read_json(path), where=str(path))
-        target = lang or (path.parent.name if path.parent.name in LANGUAGE_NAMES else None)
+        target = lang or (path.parent.name if is_language_code(path.parent.name) else None)
         if target is None:
             raise InputError("no target language; expected --lang, or the file in a folder named by a language "
                              "code (e.g. es/model_outputs.json)", path=path)

@@ -144,26 +144,31 @@ def compare(obj, row_a: str, row_b: str, results_dir: Path, langs: str | None, n
 @click.option("--n-boot", type=click.IntRange(min=100), default=2000, show_default=True)
 @click.option("--max-language-drop", type=float, default=None, metavar="POINTS",
               help="Also fail a language whose in-language rate falls, or mixed rate rises, by more than POINTS.")
+@click.option("--fail-on-drift", is_flag=True,
+              help="Also fail when RUN_ROW's evaluation found judge drift (evaluation.drift_check).")
 @click.option("--width", type=int, default=None, help="Table width in characters (default: the terminal's).")
 @export_options
 @click.pass_obj
 def check(obj, run_row: str, baseline: str, results_dir: Path, tolerance: float, metric: str, langs: str | None,
-          fail_on_significant: bool, n_boot: int, max_language_drop: float | None, width: int | None,
-          json_path: Path | None, csv_path: Path | None, markdown_path: Path | None) -> None:
+          fail_on_significant: bool, n_boot: int, max_language_drop: float | None, fail_on_drift: bool,
+          width: int | None, json_path: Path | None, csv_path: Path | None, markdown_path: Path | None) -> None:
     """Regression gate: exit 0 when RUN_ROW holds up against the baseline, 1 when it regressed, 2 on bad input."""
+    from harness.evaluation.drift import row_drift_messages
     from harness.results import export
     from harness.results.comparison import check_regression, render_check, render_language_check
     from harness.results.rows import resolve_row
     from harness.results.terminal import TableOutput
     from xlpref.languages import parse_languages
 
-    result = check_regression(resolve_row(run_row, results_dir), resolve_row(baseline, results_dir),
+    row = resolve_row(run_row, results_dir)
+    result = check_regression(row, resolve_row(baseline, results_dir),
                               tolerance=tolerance, metric=metric, langs=parse_languages(langs) if langs else None,
                               fail_on_significant=fail_on_significant, n_boot=n_boot, seed=global_seed(obj),
                               max_language_drop=max_language_drop)
     to_stdout = _write_exports({"json": json_path, "csv": csv_path, "markdown": markdown_path},
                                {"json": lambda: export.check_json(result), "csv": lambda: export.check_csv(result),
                                 "markdown": lambda: export.check_markdown(result)})
+    drift = row_drift_messages(row.metrics) if fail_on_drift else []
     if not to_stdout:
         out = TableOutput(width)
         out.print(render_check(result))
@@ -171,7 +176,9 @@ def check(obj, run_row: str, baseline: str, results_dir: Path, tolerance: float,
             out.print(render_language_check(result.language_table))
         for failure in result.failures:
             out.console.print(f"[red]regressed[/] {failure}")
-    if not result.passed:
+    for message in drift:  # on stderr when stdout carries an export
+        click.echo(f"failed: {message}", err=to_stdout)
+    if not result.passed or drift:
         # SystemExit, not ctx.exit: harness.cli.main runs click with standalone_mode=False, which turns
         # ctx.exit(1) into a return value and would lose the exit code.
         raise SystemExit(1)

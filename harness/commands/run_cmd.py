@@ -36,25 +36,42 @@ def stage_table(stages: dict[str, dict]) -> Table:
 @click.option("--iterations", type=click.IntRange(min=0), default=None, help="Override the config's iterations.")
 @click.option("--run-dir", "run_dir_opt", type=click.Path(path_type=Path), default=None,
               help="Override the run directory (default: the config's, else runs/<name>).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (stages, counts, judge cost, artifacts) and the "
+              "pre-flight findings; start nothing.")
 @click.pass_obj
-def run(obj, config_path: Path, iterations: int | None, run_dir_opt: Path | None) -> None:
-    """Run (or resume) the ICR loop described by CONFIG_PATH and print the run's leaderboard."""
+def run(obj, config_path: Path, iterations: int | None, run_dir_opt: Path | None, dry_run: bool) -> None:
+    """Run (or resume) the ICR loop described by CONFIG_PATH and print the run's leaderboard.
+
+    Before any work, one pre-flight pass checks everything it can (judge key, models, writable folders,
+    data files, GPUs) and refuses to start on any problem, naming all of them.
+    """
     from harness.config import load_config
     from harness.loop import run_icr
+    from harness.plan import plan, render_plan
+    from harness.preflight import preflight, problems_line
     from harness.results.run_leaderboard import run_leaderboard
+    from xlpref.errors import InputError
+    from xlpref.runlock import hold_lock
 
     overrides = {}
     run_dir = run_dir_opt or (obj.run_dir if obj else None)
     if run_dir:
         overrides["run_dir"] = str(run_dir)
     config = load_config(config_path, overrides=overrides)
+    findings = preflight(config)
+    if dry_run:
+        click.echo(render_plan(plan(config, iterations=iterations), findings))
+        return
+    if (problems := problems_line(findings)) is not None:
+        raise InputError(problems, path=config_path)
     console = Console(stderr=True)
-    ctx = run_icr(config, iterations=iterations, console=console)
     from harness.results.terminal import TableOutput
 
-    out = TableOutput()  # a terminal: tables fitted to it; a log: each table at its own width, nothing cut
-    if config.evaluation.is_enabled:
-        for table in run_leaderboard(ctx):
-            out.print(table)
+    with hold_lock(config.run_dir, is_folder=True, what="run directory"):  # one writer per run directory
+        ctx = run_icr(config, iterations=iterations, console=console)
+        out = TableOutput()  # a terminal: tables fitted to it; a log: each table at its own width, nothing cut
+        if config.evaluation.is_enabled:
+            for table in run_leaderboard(ctx):
+                out.print(table)
     out.print(stage_table(ctx.store.stages()))
     out.print(f"run directory: {ctx.store.root}")

@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.commands import global_seed
+from harness.commands import global_seed, writes_output
 from xlpref.registry import names
 
 #: Prompts per batch when --batch-size is not given: small for transformers' padded batches, large for
@@ -74,6 +74,7 @@ def summary_table(rows: list[dict], title: str) -> Table:
 @click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help="vllm only.")
 @click.option("--gpu-memory-utilization", type=float, default=None, help="vllm only (default GPU 0.9, CPU 0.3).")
 @click.pass_obj
+@writes_output("output", is_folder=False)
 def sample(obj, model: str, prompts: Path, langs: str, n: int, output: Path, backend: str, temperature: float,
            top_p: float, max_new_tokens: int, batch_size: int | None, repetition_penalty: float,
            stop: tuple[str, ...], limit: int | None, seed: int | None, tensor_parallel_size: int,

@@ -18,10 +18,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from harness.commands import writes_output
 from xlpref.registry import names
 
 #: xlpref.reward.TOKEN_SPANS (not imported: the CLI's help loads no torch)
 TOKEN_SPANS = ("authors", "response", "response+eot")
+
 
 def score_table(records: list[dict]) -> Table:
     """Responses, mean reward and mean scored tokens per language."""
@@ -56,6 +58,7 @@ def score_table(records: list[dict]) -> Table:
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Translation length limit (translate-to-english only).")
 @click.pass_obj
+@writes_output("output", is_folder=False)
 def score(obj, samples_path: Path, policy: str, reference: str, reward: str, token_span: str, output: Path,
           max_batch_tokens: int, max_new_tokens: int) -> None:
     """Score each response of SAMPLES.jsonl with the implicit reward log pi_policy - log pi_reference."""

@@ -22,7 +22,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.commands import global_seed
+from harness.commands import global_seed, writes_output
 from xlpref.distributed import DEEPSPEED_STAGES, LAUNCHERS
 from xlpref.errors import InputError
 from xlpref.training import LOSSES, TrainConfig, TrainResult
@@ -90,6 +90,7 @@ def render_result(result: TrainResult, n_pairs: int) -> Table:
 @click.option("--accelerate-config", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Your own accelerate config (default: configs/accelerate/ for this machine).")
 @click.pass_obj
+@writes_output("output_dir", is_folder=False)
 def train(obj, model_spec: str, pairs_path: Path, output_dir: Path, loss: str, beta: float, nll_weight: float,
           lora: bool, lora_r: int, lora_alpha: int, learning_rate: float, epochs: float, batch_size: int,
           grad_accum: int, max_length: int, max_prompt_length: int | None, precompute_ref_log_probs: bool,

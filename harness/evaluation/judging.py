@@ -33,14 +33,15 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from harness.evaluation.drift import DEFAULT_DRIFT_THRESHOLD, check_drift, drift_message
 from harness.judges.api import JudgeUnavailableError
 from harness.judges.base import Judge, JudgeItem, Judgement, alpaca_eval_modules
 from harness.judges.loading import read_agreement
 from harness.evaluation.model_outputs import load_model_outputs
 from xlpref.errors import InputError
-from xlpref.jsonio import append_jsonl_durably, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from xlpref.jsonio import append_jsonl_durably, iter_jsonl, read_json, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +139,17 @@ def _judge(judge: Judge, items: list[JudgeItem]) -> list[Judgement]:
 
 def annotate(model_outputs: list[dict], reference_outputs: list[dict], judge: Judge, *,
              cache_path: str | Path | None, seed: int = 0, progress: bool = True,
-             chunk_size: int | None = None) -> list[dict]:
+             chunk_size: int | None = None, drift_check: int = 0, drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
+             report: dict | None = None, on_chunk: Callable[[], None] | None = None) -> list[dict]:
     """AlpacaEval annotations of ``model_outputs`` against ``reference_outputs`` by ``judge``.
 
     Returns records in model-output order with AlpacaEval's fields (instruction, output_1, generator_1,
     output_2, generator_2, annotator, preference) plus id, dataset, is_switched_outputs, raw_completion.
+
+    Args:
+        drift_check: first re-ask this many cached pairs (:mod:`harness.evaluation.drift`); the result goes
+            into ``report["judge_drift"]``.
+        on_chunk: called after each judged chunk (e.g. to save the judge's counters).
     """
     import pandas as pd
 
@@ -160,6 +167,11 @@ def annotate(model_outputs: list[dict], reference_outputs: list[dict], judge: Ju
     for row, key, same in zip(shown.itertuples(), keys, is_same):
         if not same and key not in items:
             items[key] = JudgeItem(row.instruction, row.output_1, row.output_2)
+    if drift_check and report is not None:  # before any new answer joins the cache
+        report["judge_drift"] = check_drift(lambda batch: _judge(judge, batch), items, cache, k=drift_check, seed=seed,
+                                            threshold=drift_threshold)
+        if on_chunk is not None:
+            on_chunk()
     size = chunk_size or getattr(judge, "chunk_size", 16)
     if getattr(judge, "batch_size", 1) > 1:
         # A batched judge's answers depend on their batch's padding (to ~1e-7): chunks are planned over every
@@ -172,7 +184,7 @@ def annotate(model_outputs: list[dict], reference_outputs: list[dict], judge: Ju
         missing = [k for k in items if k not in cache]
         chunks = [missing[i:i + size] for i in range(0, len(missing), size)]
     if chunks:
-        _judge_into_cache(judge, {k: items[k] for chunk in chunks for k in chunk}, cache, chunks, progress)
+        _judge_into_cache(judge, {k: items[k] for chunk in chunks for k in chunk}, cache, chunks, progress, on_chunk)
     shown["preference"] = [1.5 if same else _cached_preference(cache[key]) for key, same in zip(keys, is_same)]
     switched = shown[SWITCH_COLUMN].tolist()
     final = processor.postprocess(shown)  # outputs back in (reference, model) order; 3 - p where switched
@@ -203,7 +215,7 @@ def _cached_preference(record: dict) -> float:
 
 
 def _judge_into_cache(judge: Judge, todo: dict[str, JudgeItem], cache: AnnotationCache, chunks: list[list[str]],
-                      progress: bool) -> None:
+                      progress: bool, on_chunk: Callable[[], None] | None = None) -> None:
     """Judge ``chunks`` of ``todo``'s keys in order; answers for keys the cache lacks are added chunk by chunk."""
     from xlpref.sampling import progress_bar
 
@@ -231,14 +243,20 @@ def _judge_into_cache(judge: Judge, todo: dict[str, JudgeItem], cache: Annotatio
                                             exc.finished) from None
             cache.add([record(k, j) for k, j in zip(chunk, judgements) if k not in cache])
             kept += len(chunk)
+            if on_chunk is not None:
+                on_chunk()
             if bar is not None:
                 bar.update(bar.tasks[0].id, advance=len(chunk))
 
 
 def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: list[dict], judge: Judge,
                      out_dir: str | Path, *, instruction_difficulty: Any = None, cache_path: str | Path | None = None,
-                     seed: int = 0, progress: bool = True, lang: str | None = None) -> dict:
+                     seed: int = 0, progress: bool = True, lang: str | None = None, drift_check: int = 0,
+                     drift_threshold: float = DEFAULT_DRIFT_THRESHOLD, drift_source: str | Path | None = None) -> dict:
     """Annotate, then write ``out_dir/annotations.json`` and ``out_dir/metrics.json``; returns the metrics.
+
+    ``out_dir/judge_calls.json`` holds the judge's calls, tokens and cost summed over every invocation
+    that worked on this evaluation (a resumed one included), saved after each judged chunk.
 
     Args:
         model_outputs: a ``model_outputs.json`` path or its records (validated either way).
@@ -247,6 +265,13 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
         cache_path: the judge cache (default ``out_dir/judge_cache.jsonl``).
         lang: the instructions' language; with it the metrics gain the answer-language columns of
             :func:`harness.metrics.language.language_metrics` (target and mixed rate, gated win rate).
+        drift_check: re-ask this many cached pairs first (:mod:`harness.evaluation.drift`); the result is
+            ``judge_drift`` in the metrics.
+        drift_source: an earlier evaluation's folder (annotations.json, judge_cache.jsonl) whose pairs are
+            the pinned ones (a run pins its first evaluation's); default: this evaluation's own cached pairs.
+    Raises:
+        InputError: the judge gave no usable preference for any output (nothing is written but the cache
+            and the judge's counters).
     """
     from harness.metrics.difficulty import load_instruction_difficulty
     from harness.metrics.winrate import compute_metrics
@@ -258,14 +283,24 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
         records = load_model_outputs(model_outputs, where="model outputs")
     if isinstance(instruction_difficulty, (str, Path)):
         instruction_difficulty = load_instruction_difficulty(instruction_difficulty)
-    calls_before = dict(judge.counters)
-    annotations = annotate(records, reference_outputs, judge,
-                           cache_path=cache_path if cache_path is not None else out_dir / "judge_cache.jsonl",
-                           seed=seed, progress=progress)
+    calls = JudgeCalls(out_dir / "judge_calls.json", judge)
+    report: dict = {}
+    try:
+        if drift_check and drift_source is not None:
+            report["judge_drift"] = drift_from_earlier(judge, Path(drift_source), k=drift_check, seed=seed,
+                                                       threshold=drift_threshold)
+            calls.save()
+        annotations = annotate(records, reference_outputs, judge,
+                               cache_path=cache_path if cache_path is not None else out_dir / "judge_cache.jsonl",
+                               seed=seed, progress=progress, drift_threshold=drift_threshold,
+                               drift_check=drift_check if drift_source is None else 0,
+                               report=report, on_chunk=calls.save)
+    finally:
+        calls.save()
+    if not annotations:  # no empty annotations.json: a stage that produced nothing leaves no artifact
+        raise InputError(f"judge {judge.name} gave no usable preference for any of {len(records)} outputs; nothing "
+                         "was written", path=out_dir / "annotations.json")
     write_json_atomic(out_dir / "annotations.json", annotations)
-    if not annotations:
-        raise InputError(f"judge {judge.name} gave no usable preference for any of {len(records)} outputs",
-                         path=out_dir / "annotations.json")
     reference = annotations[0]["generator_1"]
     # A degenerate LC (too few annotations, separation, zero standard error) comes back as None with the reason.
     metrics = compute_metrics(annotations, instruction_difficulty=instruction_difficulty, annotator=judge.name,
@@ -279,9 +314,49 @@ def evaluate_outputs(model_outputs: str | Path | list[dict], reference_outputs: 
         from harness.metrics.language import language_metrics
 
         metrics.update(language_metrics([r["output"] for r in records], annotations, lang))
+    if "judge_drift" in report:
+        metrics["judge_drift"] = report["judge_drift"]
+        if (message := drift_message(lang or out_dir.name, report["judge_drift"])) is not None:
+            log.warning(message)
     write_json_atomic(out_dir / "metrics.json", metrics)
-    # Calls and cost of this invocation only (a resumed evaluation pays for the rest): kept apart so
-    # metrics.json depends only on the annotations, not on how often the run was interrupted.
-    write_json_atomic(out_dir / "judge_calls.json",
-                      {k: judge.counters[k] - calls_before.get(k, 0) for k in judge.counters})
-    return {**metrics, "judge_calls": {k: judge.counters[k] - calls_before.get(k, 0) for k in judge.counters}}
+    return {**metrics, "judge_calls": calls.this_invocation()}
+
+
+def drift_from_earlier(judge: Judge, folder: Path, *, k: int, seed: int, threshold: float) -> dict:
+    """The drift check on an earlier evaluation's pairs, rebuilt as shown from its annotations.json."""
+    annotations_path, cache_path = folder / "annotations.json", folder / "judge_cache.jsonl"
+    items: dict[str, JudgeItem] = {}
+    if annotations_path.is_file() and cache_path.is_file():
+        for a in read_json(annotations_path):
+            if a.get("annotator_config_hash") != judge.config_hash or a.get("raw_completion") is None:
+                continue  # another judge config, or an identical pair that was never asked
+            shown = (a["output_2"], a["output_1"]) if a.get(SWITCH_COLUMN) else (a["output_1"], a["output_2"])
+            items[annotation_key(judge.config_hash, a["instruction"], *shown)] = JudgeItem(a["instruction"], *shown)
+    return check_drift(lambda batch: _judge(judge, batch), items, AnnotationCache(cache_path), k=k, seed=seed,
+                       threshold=threshold)
+
+
+class JudgeCalls:
+    """``judge_calls.json``: the judge's counters summed over every invocation of one evaluation.
+
+    Kept apart from metrics.json so the metrics depend only on the annotations, not on how often the
+    evaluation was interrupted. A process killed between two saves loses the calls of its last chunk.
+    """
+
+    def __init__(self, path: Path, judge: Judge) -> None:
+        self.path, self.judge = path, judge
+        self.before = dict(judge.counters)
+        previous = read_json(path) if path.is_file() else {}
+        self.previous = {k: previous.get(k, 0) for k in judge.counters}
+        self.invocations = int(previous.get("invocations", 0)) + 1
+
+    def this_invocation(self) -> dict:
+        return {k: self.judge.counters[k] - self.before.get(k, 0) for k in self.judge.counters}
+
+    def save(self) -> None:
+        now = self.this_invocation()
+        if not any(now.values()) and not self.path.is_file():
+            return  # no call yet: no file
+        total = {k: self.previous[k] + now[k] for k in now}
+        total["cost_usd"] = round(total["cost_usd"], 10)
+        write_json_atomic(self.path, {**total, "invocations": self.invocations, "last_invocation": now})

@@ -42,8 +42,8 @@ from typing import Any, Mapping
 
 from harness.store import now_iso, safe_join
 from xlpref.errors import InputError
-from xlpref.jsonio import read_json, write_json_atomic
-from xlpref.languages import LANGUAGE_NAMES
+from xlpref.jsonio import new_folder_mode, read_json, write_json_atomic
+from xlpref.languages import is_language_code
 
 ROW_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 PUBLISHED_DIR = "published"
@@ -161,8 +161,8 @@ def _check_metrics(metrics: Any, meta: dict, where: str | Path) -> dict:
 
 
 def _check_language(lang: str, where: str | Path) -> str:
-    if lang not in LANGUAGE_NAMES:
-        raise InputError(f"unknown language folder {lang!r}; expected one of {sorted(LANGUAGE_NAMES)}", path=where)
+    if not is_language_code(lang):
+        raise InputError(f"unknown language folder {lang!r}; expected an ISO 639-1 code (e.g. en, pt)", path=where)
     return lang
 
 
@@ -277,6 +277,7 @@ def write_row(results_dir: str | Path, row: dict, per_lang: Mapping[str, Mapping
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(staging, new_folder_mode())  # mkdtemp's 0700 would hide the row from the team
         write_json_atomic(staging / "row.json", meta)
         for lang, files in sorted(per_lang.items()):
             _check_language(lang, f"row {meta['row_id']}")
