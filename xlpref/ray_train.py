@@ -20,7 +20,9 @@ several machines (``compute.storage``); it is removed once the model is written.
 
 Test hook (for the failure tests only): ``XLPREF_TEST_KILL_RANK=R:K:MARKER`` makes rank R SIGKILL
 itself once, at the end of optimizer step K, unless the file MARKER exists (it creates it first, so
-the restarted rank trains on).
+the restarted rank trains on). It waits for Ray Train to register the last checkpoint first: the
+controller collects reports at its health checks (every 2 s), and a worker killed before that loses
+the checkpoint it just reported (the group then resumes from the one before).
 
 Example (2 workers on a CPU machine, about a minute with a tiny model)::
 
@@ -39,6 +41,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,9 +215,18 @@ def _kill_hook(rank: int) -> list:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step == int(step) and not Path(marker).exists():
                 Path(marker).touch()
+                time.sleep(_registration_s())
                 os.kill(os.getpid(), signal.SIGKILL)
 
     return [KillOnce()]
+
+
+def _registration_s() -> float:
+    """Seconds after which Ray Train has registered a reported checkpoint: its controller collects the
+    workers' reports at each health check (a worker killed before that loses its last report)."""
+    from ray.train.v2._internal.constants import DEFAULT_HEALTH_CHECK_INTERVAL_S, HEALTH_CHECK_INTERVAL_S_ENV_VAR
+
+    return 2.5 * float(os.environ.get(HEALTH_CHECK_INTERVAL_S_ENV_VAR, DEFAULT_HEALTH_CHECK_INTERVAL_S))
 
 
 def _deepspeed_env(deepspeed: str | None, num_workers: int) -> dict[str, str]:
