@@ -111,3 +111,14 @@ def test_ray_train_progress_board_counts_work_and_the_workers_alive(monkeypatch)
     assert board.snapshot() == {"done": 6, "alive": 1}
     board.report("rank1", 2)  # restarted
     assert board.snapshot()["alive"] == 2
+
+
+def test_ray_train_deepspeed_workers_get_the_environment_accelerate_launch_sets():
+    """Under Ray Train no launcher runs: each worker gets what `accelerate launch` sets from the ZeRO config."""
+    from xlpref.ray_train import _deepspeed_env
+
+    zero3 = _deepspeed_env("zero3", 16)
+    assert (zero3["ACCELERATE_USE_DEEPSPEED"], zero3["ACCELERATE_DEEPSPEED_ZERO_STAGE"]) == ("true", "3")
+    assert zero3["ACCELERATE_MIXED_PRECISION"] == "bf16" and zero3["ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"] == "true"
+    assert _deepspeed_env("zero2", 16)["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "2"
+    assert _deepspeed_env(None, 2) == {}

@@ -146,8 +146,10 @@ def _train_loop(loop_config: dict) -> None:
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    if torch.cuda.is_available():  # before the model loads: each rank on its own GPU
-        torch.cuda.set_device(context.get_local_rank())
+    if torch.cuda.is_available():  # before the model loads: each rank on the GPU Ray Train gave it
+        from ray.train.torch import get_device
+
+        torch.cuda.set_device(get_device())
     config = TrainConfig(**loop_config["config"])
     checkpoint = ray.train.get_checkpoint()
     callbacks = [_report_callback(rank, loop_config["board"]), *_kill_hook(rank)]
@@ -244,7 +246,10 @@ def _deepspeed_env(deepspeed: str | None, num_workers: int) -> dict[str, str]:
 
     args = launch_command_parser().parse_args(["--config_file", str(accelerate_config(deepspeed)),
                                                "--num_processes", str(num_workers), "train.py"])
-    args, _, _ = _validate_launch_command(args)
+    args, defaults, mixed_precision_from_config = _validate_launch_command(args)
+    # What accelerate's launch_command adds before it calls its DeepSpeed launcher.
+    fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mixed_precision_from_config else [])
+    args.deepspeed_fields_from_accelerate_config = ",".join(fields)
     _, env = prepare_deepspeed_cmd_env(args)
     return {key: value for key, value in env.items() if key.startswith("ACCELERATE_")}
 
