@@ -94,6 +94,10 @@ def test_ray_train_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(trai
         losses(read_rank_records(fault_free.output_dir)[0]["loss_history"]), rel=LOSS_RTOL)
     assert max_weight_difference(killed.output_dir, fault_free.output_dir) <= WEIGHT_ATOL
     assert killed.steps == 4
+    # The run's totals go on from the checkpoint: the mean loss over all 4 steps, trl's token count.
+    assert killed.metrics["train_loss"] == pytest.approx(fault_free.metrics["train_loss"], rel=LOSS_RTOL)
+    assert [row["num_tokens"] for row in killed.metrics["loss_history"]] == \
+        [row["num_tokens"] for row in fault_free.metrics["loss_history"]]
 
 
 def test_ray_train_progress_board_counts_work_and_the_workers_alive(monkeypatch):

@@ -38,6 +38,7 @@ Example (2 workers on a CPU machine, about a minute with a tiny model)::
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -63,9 +64,13 @@ KILL_HOOK = "XLPREF_TEST_KILL_RANK"
 
 
 def default_checkpoint_steps(n_pairs: int, config: TrainConfig) -> int:
-    """About four checkpoints per epoch: a lost worker costs a quarter epoch, the saving a few writes."""
-    steps_per_epoch = max(1, n_pairs // (config.batch_size * config.grad_accum * config.num_processes))
-    return max(1, steps_per_epoch // 4)
+    """About four checkpoints per epoch (a lost worker costs a quarter epoch, the saving a few writes),
+    at logging steps: the trainer logs every 2% of the steps (``xlpref.training``), and a resume
+    between two logging steps would average the next logged loss over fewer steps."""
+    micro_batches = math.ceil(n_pairs / (config.batch_size * config.num_processes))
+    total_steps = max(1, math.ceil(micro_batches // config.grad_accum * config.epochs))
+    log_every = math.ceil(total_steps * 0.02)
+    return max(1, round(total_steps / 4 / log_every)) * log_every
 
 
 def train_on_ray(model: str, pairs: list[dict], output_dir: str | Path, config: TrainConfig, *,

@@ -448,6 +448,8 @@ def train_dpo(model: str | tuple, pairs: list[dict], output_dir: str | Path, con
         _check_world_size(config.num_processes, accelerator.num_processes)
         counter = _micro_batch_counter()
         trainer.add_callback(counter)
+        if checkpoint_steps or resume_from is not None:
+            trainer.add_callback(_resumable_totals(trainer, resume_from))  # before `callbacks` see the checkpoint
         for callback in callbacks:
             trainer.add_callback(callback)
         if resume_from is not None:  # the micro-batches before the checkpoint count too
@@ -478,6 +480,42 @@ def train_dpo(model: str | tuple, pairs: list[dict], output_dir: str | Path, con
         accelerator.wait_for_everyone()  # the other ranks return once OUT exists
     return TrainResult(output_dir, metrics, steps, meta["first_loss"], seconds, world_size=accelerator.num_processes,
                        rank=accelerator.process_index, micro_batches=counter.count)
+
+
+#: The run totals a trainer checkpoint lacks, saved beside it (see :func:`_resumable_totals`).
+TOTALS = "xlpref_totals.json"
+
+
+def _resumable_totals(trainer: Any, resume_from: str | Path | None) -> Any:
+    """Keep the run's totals across a resume: the loss summed since the start, trl's token count.
+
+    A trainer resumed from a checkpoint reports ``train_loss`` over the steps of its own ``train()``
+    call only, and trl counts ``num_tokens`` from 0 again; the metrics of a training resumed after a
+    failure would differ from the uninterrupted training's. This callback writes both totals into
+    each checkpoint and, on resume, starts the trainer's running sums (transformers'
+    ``_total_loss_scalar``, ``_initial_global_step``; trl's ``_total_train_tokens``) from them, so
+    the sums continue in the same order as without the failure.
+    """
+    from transformers import TrainerCallback
+
+    class ResumableTotals(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            totals = Path(resume_from) / TOTALS if resume_from is not None else None
+            if totals is None or not totals.exists():
+                return
+            saved = json.loads(totals.read_text(encoding="utf-8"))
+            trainer._total_loss_scalar = saved["loss_sum"]
+            trainer._initial_global_step = 0  # train_loss: the sum over every step, divided by all of them
+            if hasattr(trainer, "_total_train_tokens"):
+                trainer._total_train_tokens = saved["train_tokens"]
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            totals = {"loss_sum": trainer._total_loss_scalar + float(trainer._tr_loss.item()),
+                      "train_tokens": getattr(trainer, "_total_train_tokens", 0)}
+            write_json_atomic(folder / TOTALS, totals)
+
+    return ResumableTotals()
 
 
 def _checkpoint_step(checkpoint: str | Path) -> int:
