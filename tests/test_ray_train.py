@@ -126,3 +126,13 @@ def test_ray_train_deepspeed_workers_get_the_environment_accelerate_launch_sets(
     assert zero3["ACCELERATE_MIXED_PRECISION"] == "bf16" and zero3["ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"] == "true"
     assert _deepspeed_env("zero2", 16)["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "2"
     assert _deepspeed_env(None, 2) == {}
+
+
+def test_ray_train_progress_names_the_dashboard_only_when_it_is_on(monkeypatch):
+    from xlpref.ray_progress import dashboard_url
+
+    monkeypatch.delenv("RAY_OVERRIDE_DASHBOARD_URL", raising=False)
+    if not ray.is_initialized():
+        assert dashboard_url(ray) is None  # no session, no dashboard
+    monkeypatch.setenv("RAY_OVERRIDE_DASHBOARD_URL", "http://10.0.0.1:8265")
+    assert dashboard_url(ray) == "10.0.0.1:8265"
