@@ -50,6 +50,13 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
     assert not different, f"differ from the local run: {different}"
 
 
+def test_ray_loop_config_may_move_a_started_run_between_engines():
+    """Where stages run changes no artifact, so a run started locally may go on on Ray (and back)."""
+    from harness.loop import config_dependents
+
+    assert config_dependents("compute.engine") == config_dependents("compute.workers") == ()
+
+
 def _wait_for_checkpoint(proc, run_dir: Path, timeout_s: float = 600) -> bool:
     """Poll until Ray Train has registered a checkpoint of iteration 0's training (its checkpoint manager's
     snapshot names one: what a new driver restores from); False when the stage ended first."""

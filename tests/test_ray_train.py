@@ -136,3 +136,18 @@ def test_ray_train_progress_names_the_dashboard_only_when_it_is_on(monkeypatch):
         assert dashboard_url(ray) is None  # no session, no dashboard
     monkeypatch.setenv("RAY_OVERRIDE_DASHBOARD_URL", "http://10.0.0.1:8265")
     assert dashboard_url(ray) == "10.0.0.1:8265"
+
+
+def test_ray_train_ranks_the_cluster_cannot_hold_are_refused_before_any_work():
+    from xlpref.cluster import ComputeConfig
+    from xlpref.errors import InputError
+    from xlpref.ray_train import check_training_capacity
+
+    two_cpus = {"CPU": 2.0}
+    check_training_capacity(2, ComputeConfig(engine="ray"), two_cpus)
+    with pytest.raises(InputError, match="3 training ranks x 1 CPUs need 3 CPUs; the Ray cluster has 2") as info:
+        check_training_capacity(3, ComputeConfig(engine="ray"), two_cpus)
+    assert info.value.field == "training.num_processes"
+    with pytest.raises(InputError, match="need 16 GPUs; the Ray cluster has 8"):
+        check_training_capacity(16, ComputeConfig(engine="ray", gpus_per_worker=1, cpus_per_worker=0.5),
+                                {"CPU": 64.0, "GPU": 8.0})

@@ -73,6 +73,16 @@ def default_checkpoint_steps(n_pairs: int, config: TrainConfig) -> int:
     return max(1, round(total_steps / 4 / log_every)) * log_every
 
 
+def check_training_capacity(num_workers: int, compute: ComputeConfig, resources: dict) -> None:
+    """Refuse (exit 2) ranks the cluster cannot hold at once: Ray Train would wait for them forever."""
+    for name, each in (("CPU", compute.cpus_per_worker), ("GPU", compute.gpus_per_worker)):
+        wanted, have = num_workers * each, resources.get(name, 0)
+        if wanted > have:
+            raise InputError(f"{num_workers} training ranks x {each:g} {name}s need {wanted:g} {name}s; the Ray "
+                             f"cluster has {have:g}; expected fewer ranks or smaller workers",
+                             field="training.num_processes")
+
+
 def train_on_ray(model: str, pairs: list[dict], output_dir: str | Path, config: TrainConfig, *,
                  num_workers: int, compute: ComputeConfig | None = None, storage: str | Path | None = None,
                  checkpoint_steps: int | None = None, max_failures: int = MAX_FAILURES,
@@ -88,6 +98,7 @@ def train_on_ray(model: str, pairs: list[dict], output_dir: str | Path, config: 
         InputError: bad settings or pairs, ``output_dir`` holding something else.
         RuntimeError: the workers failed more than ``max_failures`` times, or did not form one group.
     """
+    import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -106,6 +117,7 @@ def train_on_ray(model: str, pairs: list[dict], output_dir: str | Path, config: 
     if done is not None or (output_dir.exists() and any(output_dir.iterdir())):
         raise InputError("exists and is not this training's finished result; expected a new or empty folder",
                          path=output_dir)
+    check_training_capacity(num_workers, compute, ray.cluster_resources())
     storage = Path(storage).absolute() if storage else output_dir.with_name(output_dir.name + ".ray")
     run_name = f"train-{fingerprint[:16]}"
     use_gpu = compute.gpus_per_worker > 0
