@@ -151,3 +151,18 @@ def test_ray_train_ranks_the_cluster_cannot_hold_are_refused_before_any_work():
     with pytest.raises(InputError, match="need 16 GPUs; the Ray cluster has 8"):
         check_training_capacity(16, ComputeConfig(engine="ray", gpus_per_worker=1, cpus_per_worker=0.5),
                                 {"CPU": 64.0, "GPU": 8.0})
+
+
+def test_ray_train_from_the_cli_refuses_an_unreachable_cluster_and_a_launcher(tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    from xlpref.jsonio import write_jsonl_atomic
+
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl_atomic(pairs, PAIRS)
+    base = ["train", "--model", "tiny-random-llama", "--pairs", pairs, "-o", tmp_path / "out", "--engine", "ray"]
+    code, _, err = run_cli([*base, "--ray-address", "127.0.0.1:1"], capsys)
+    assert code == 2 and "cannot reach the Ray cluster at '127.0.0.1:1'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli([*base, "--launcher", "torchrun", "--num-processes", "2"], capsys)
+    assert code == 2 and "--engine ray forms the process group itself" in err
+    assert not (tmp_path / "out").exists()
