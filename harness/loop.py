@@ -265,15 +265,13 @@ def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str
 
 def _train_on_ray(ctx: RunContext, t: int, policy: str, pairs: list[dict], out_dir: Path, config: Any) -> Any:
     """The training stage as Ray Train workers in the run's Ray session, with a bar of optimizer steps."""
-    import math
-
     from xlpref.ray_progress import ray_stage_progress
-    from xlpref.ray_train import train_on_ray
+    from xlpref.ray_train import optimizer_steps, train_on_ray
 
     cfg, compute = ctx.config.training, ctx.config.compute
     storage = compute.storage / ctx.config.name / f"iter_{t}" if compute.storage else None
     ranks = cfg.num_processes
-    steps = math.ceil(math.ceil(len(pairs) / (cfg.batch_size * ranks)) / cfg.grad_accum * cfg.epochs)
+    steps = optimizer_steps(len(pairs), config)
     with ray_stage_progress(ctx.console, f"iter_{t}/train", total=steps, unit="steps", combine="max") as bar:
         return train_on_ray(policy, pairs, out_dir, config, num_workers=ranks, compute=compute, storage=storage,
                             deepspeed=cfg.deepspeed, board=bar.board)

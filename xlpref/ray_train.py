@@ -63,12 +63,17 @@ MAX_FAILURES = 3
 KILL_HOOK = "XLPREF_TEST_KILL_RANK"
 
 
+def optimizer_steps(n_pairs: int, config: TrainConfig) -> int:
+    """About the optimizer steps of a training (``config.num_processes`` ranks): for progress and checkpoints."""
+    micro_batches = math.ceil(n_pairs / (config.batch_size * config.num_processes))
+    return max(1, math.ceil(max(1, micro_batches // config.grad_accum) * config.epochs))
+
+
 def default_checkpoint_steps(n_pairs: int, config: TrainConfig) -> int:
     """About four checkpoints per epoch (a lost worker costs a quarter epoch, the saving a few writes),
     at logging steps: the trainer logs every 2% of the steps (``xlpref.training``), and a resume
     between two logging steps would average the next logged loss over fewer steps."""
-    micro_batches = math.ceil(n_pairs / (config.batch_size * config.num_processes))
-    total_steps = max(1, math.ceil(micro_batches // config.grad_accum * config.epochs))
+    total_steps = optimizer_steps(n_pairs, config)
     log_every = math.ceil(total_steps * 0.02)
     return max(1, round(total_steps / 4 / log_every)) * log_every
 

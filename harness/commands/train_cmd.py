@@ -140,11 +140,12 @@ def _train_on_ray(model_spec: str, pairs: list[dict], output_dir: Path, config: 
     """``config.num_processes`` Ray Train workers, in a Ray session of their own, with a bar of steps."""
     from xlpref.cluster import ComputeConfig, ray_session
     from xlpref.ray_progress import ray_stage_progress
-    from xlpref.ray_train import train_on_ray
+    from xlpref.ray_train import optimizer_steps, train_on_ray
 
     compute = ComputeConfig(engine="ray", address=address, workers=config.num_processes,
                             gpus_per_worker=gpus_per_worker)
-    with ray_session(compute), ray_stage_progress(Console(stderr=True), "train", total=None, unit="steps",
+    steps = optimizer_steps(len(pairs), config)
+    with ray_session(compute), ray_stage_progress(Console(stderr=True), "train", total=steps, unit="steps",
                                                   combine="max") as bar:
         return train_on_ray(model_spec, pairs, output_dir, config, num_workers=config.num_processes,
                             compute=compute, deepspeed=deepspeed, board=bar.board)
