@@ -21,12 +21,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rich.console import Console
 
@@ -249,7 +250,9 @@ def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str
     ctx.console.rule(f"[bold]iteration {t}: train ({cfg.loss}, beta={cfg.beta}, {len(pairs)} pairs)")
     start = time.perf_counter()
     config = cfg.for_iteration(seed=ctx.config.seed + t)
-    if cfg.launcher == "none":
+    if ctx.config.compute.engine == "ray":  # Ray Train forms the group of num_processes ranks (no launcher)
+        result = _train_on_ray(ctx, t, policy, pairs, out_dir, config)
+    elif cfg.launcher == "none":
         result = train_dpo(policy, pairs, out_dir, config)
     else:  # N processes started by accelerate or torchrun; this process waits for them
         from xlpref.distributed import launch_training
@@ -262,6 +265,20 @@ def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str
     return str(out_dir)
 
 
+def _train_on_ray(ctx: RunContext, t: int, policy: str, pairs: list[dict], out_dir: Path, config: Any) -> Any:
+    """The training stage as Ray Train workers in the run's Ray session, with a bar of optimizer steps."""
+    from xlpref.ray_progress import ray_stage_progress
+    from xlpref.ray_train import optimizer_steps, train_on_ray
+
+    cfg, compute = ctx.config.training, ctx.config.compute
+    storage = compute.storage / ctx.config.name / f"iter_{t}" if compute.storage else None
+    ranks = cfg.num_processes
+    steps = optimizer_steps(len(pairs), config)
+    with ray_stage_progress(ctx.console, f"iter_{t}/train", total=steps, unit="steps", combine="max") as bar:
+        return train_on_ray(policy, pairs, out_dir, config, num_workers=ranks, compute=compute, storage=storage,
+                            deepspeed=cfg.deepspeed, board=bar.board)
+
+
 # -- a rerun's config against the run's record -------------------------------------------------------
 
 #: Config keys (dotted prefixes; the longest match wins) -> the stage kinds whose output depends on them.
@@ -269,6 +286,7 @@ def train_policy(ctx: RunContext, t: int, policy: str, pairs: list[dict]) -> str
 STAGE_KINDS = ("eval", "samples", "pairs", "train")
 CONFIG_DEPENDENTS: dict[str, tuple[str, ...]] = {
     "description": (), "iterations": (), "run_dir": (),
+    "compute": (),  # where stages run: the same artifacts on any engine and number of workers
     "name": ("eval",),  # the results rows are named after the run
     "data.train_prompts": ("samples", "pairs"), "data.prompt_limit": ("samples", "pairs"),
     "data.eval_instructions": ("eval",), "data.eval_limit": ("eval",), "data.reference_outputs": ("eval",),
@@ -367,14 +385,39 @@ def run_icr(config: RunConfig, *, iterations: int | None = None, console: Consol
     store = RunStore(config.run_dir)
     store.remove_stale_temporaries()  # left by a run killed inside an atomic write
     check_config_matches_run(store, config)  # before the manifest is rewritten to say otherwise
-    store.write_manifest(config.resolved(), reward_pair=config.models.reward_pair, iterations=iterations,
-                         reward_models={"t=0": {"policy": config.models.policy, "reference": config.models.reference},
-                                        "t>=1": {"policy": "pi_0" if config.models.reward_pair == "original"
-                                                 else "pi_t", "reference": config.models.reference}})
-    ctx = RunContext(config, store, console, prompts, instructions, references)
-    policy = config.models.policy
-    for t in range(iterations):
-        policy = run_iteration(ctx, t, policy)
-    if config.evaluation.is_enabled:
-        evaluate_policy(ctx, iterations, policy)
+    with _compute_session(config, console) as cluster:
+        store.write_manifest(config.resolved(), reward_pair=config.models.reward_pair, iterations=iterations,
+                             reward_models={"t=0": {"policy": config.models.policy,
+                                                    "reference": config.models.reference},
+                                            "t>=1": {"policy": "pi_0" if config.models.reward_pair == "original"
+                                                     else "pi_t", "reference": config.models.reference}},
+                             **({"cluster": cluster} if cluster else {}))
+        ctx = RunContext(config, store, console, prompts, instructions, references)
+        policy = config.models.policy
+        for t in range(iterations):
+            policy = run_iteration(ctx, t, policy)
+        if config.evaluation.is_enabled:
+            evaluate_policy(ctx, iterations, policy)
     return ctx
+
+
+@contextlib.contextmanager
+def _compute_session(config: RunConfig, console: Console) -> Iterator[dict | None]:
+    """One Ray session for the whole run when ``compute.engine`` is ray (every stage joins it); yields the
+    cluster's nodes, resources and Ray version for the manifest, or None for a local run."""
+    if config.compute.engine != "ray":
+        yield None
+        return
+    from xlpref.cluster import ray_session
+    from xlpref.ray_progress import dashboard_url
+
+    with ray_session(config.compute) as cluster:
+        import ray
+
+        nodes = len(cluster["nodes"])
+        console.print(f"Ray {cluster['ray_version']}: {nodes} node{'s' * (nodes != 1)}, "
+                      f"{cluster['resources'].get('CPU', 0):g} CPUs, {cluster['resources'].get('GPU', 0):g} GPUs")
+        url = dashboard_url(ray)
+        if url:
+            console.print(f"Ray dashboard: http://{url}")
+        yield cluster

@@ -32,12 +32,14 @@ POLL_S = 0.05
 MODEL_LOADING = "Loading weights"
 
 
-def start_tiny_run(run_dir: Path, log_path: Path, *, tmp_dir: Path | None = None) -> subprocess.Popen:
-    """``python -m harness.cli run tiny_run.yaml --run-dir RUN`` in a new session (its own process group)."""
+def start_tiny_run(run_dir: Path, log_path: Path, *, tmp_dir: Path | None = None,
+                   config: Path = TINY_CONFIG) -> subprocess.Popen:
+    """``python -m harness.cli run tiny_run.yaml --run-dir RUN`` in a new session (its own process group);
+    ``config``: another run config (its data paths relative to the repository)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if tmp_dir is not None:  # trl's working folder goes here, so a test can see what a kill leaves behind
         env["TMPDIR"] = str(tmp_dir)
-    command = [sys.executable, "-m", "harness.cli", "run", str(TINY_CONFIG), "--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "harness.cli", "run", str(config), "--run-dir", str(run_dir)]
     with open(log_path, "wb") as log:
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log,
                                 start_new_session=True)

@@ -107,7 +107,9 @@ def ray_session(compute: ComputeConfig, *, num_cpus: int | None = None) -> Itera
         else:
             _check_reachable(compute.address)
         try:
-            ray.init(address=compute.address, **options)
+            # "local", not None: with None, ray.init joins the cluster named in /tmp/ray/ray_current_cluster
+            # (the last `ray start` on this machine, perhaps long gone) instead of starting one.
+            ray.init(address=compute.address or "local", **options)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise InputError(f"cannot reach the Ray cluster at {compute.address!r}: {str(error).splitlines()[0]}",
                              field="compute.address") from error

@@ -65,6 +65,19 @@ def rank_record(result) -> dict:
             "was_skipped": result.was_skipped}
 
 
+def train_rank(model: str, pairs: list[dict], output_dir: str | Path, config, *, extra: dict | None = None,
+               **train_options):
+    """This process's share of an N-rank training (the process group is already formed): train, then
+    record what this rank did (``extra``: more fields for the record, e.g. the Ray node)."""
+    from xlpref.training import train_dpo
+
+    result = train_dpo(model, pairs, output_dir, config, progress=int(os.environ.get("RANK", "0")) == 0,
+                       **train_options)
+    if not result.was_skipped:
+        write_json_atomic(Path(output_dir) / RANKS_DIR / f"rank{result.rank}.json", {**rank_record(result), **(extra or {})})
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xlpref.train_worker", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="starting policy: a spec or a folder (every rank loads it)")
@@ -75,19 +88,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from xlpref.training import load_pairs_for_training, train_dpo
+    from xlpref.training import load_pairs_for_training
 
     if torch.cuda.is_available():  # before the model loads: each rank on its own GPU, not all on cuda:0
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     try:
         config = read_train_config(args.config)
         pairs = load_pairs_for_training(args.pairs)
-        result = train_dpo(args.model, pairs, args.output, config, progress=int(os.environ.get("RANK", "0")) == 0)
+        train_rank(args.model, pairs, args.output, config)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not result.was_skipped:
-        write_json_atomic(Path(args.output) / RANKS_DIR / f"rank{result.rank}.json", rank_record(result))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()  # every rank's record is written before the launcher sees the exit
         torch.distributed.destroy_process_group()

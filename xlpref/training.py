@@ -276,7 +276,8 @@ def _result_from_marker(output_dir: Path, meta: dict) -> TrainResult:
 
 # -- training ----------------------------------------------------------------------------------------
 
-def _trl_args(config: TrainConfig, work_dir: str, *, use_cuda: bool, progress: bool) -> Any:
+def _trl_args(config: TrainConfig, work_dir: str, *, use_cuda: bool, progress: bool,
+              checkpoint_steps: int | None = None) -> Any:
     from trl import DPOConfig, KTOConfig
 
     common = dict(
@@ -292,7 +293,9 @@ def _trl_args(config: TrainConfig, work_dir: str, *, use_cuda: bool, progress: b
         # bf16 on GPU (autocast, or DeepSpeed's bf16 mode); plain fp32 on CPU (trl would turn bf16 on everywhere).
         bf16=use_cuda, fp16=False, use_cpu=not use_cuda, dataloader_pin_memory=use_cuda,
         report_to=list(config.report_to) or "none", push_to_hub=False,
-        save_strategy="no", eval_strategy="no", logging_steps=0.02, logging_first_step=True,  # ~50 log rows
+        # Resumable checkpoints (model, optimizer, scheduler, every rank's RNG) only where a restart can use them.
+        save_strategy="steps" if checkpoint_steps else "no", save_steps=checkpoint_steps or 500,
+        eval_strategy="no", logging_steps=0.02, logging_first_step=True,  # ~50 log rows
         disable_tqdm=not progress, remove_unused_columns=True,
     )
     if config.loss == "kto":
@@ -393,10 +396,16 @@ def _reference_model(model: str | tuple, policy: Any, config: TrainConfig, dtype
 
 
 def train_dpo(model: str | tuple, pairs: list[dict], output_dir: str | Path, config: TrainConfig,
-              *, progress: bool = True) -> TrainResult:
+              *, progress: bool = True, checkpoint_steps: int | None = None, callbacks: tuple = (),
+              resume_from: str | Path | None = None) -> TrainResult:
     """Train ``model`` (a spec, or an in-memory ``(model, tokenizer)`` trained in place) on ``pairs``.
 
     Returns the result of the training already in ``output_dir`` when its fingerprint matches.
+
+    ``checkpoint_steps``, ``callbacks`` and ``resume_from`` serve a supervisor that restarts failed
+    ranks (:mod:`xlpref.ray_train`): the trainer saves a resumable checkpoint every ``checkpoint_steps``
+    optimizer steps into its working folder (the callbacks' ``on_save`` sees it), and ``resume_from``
+    (such a checkpoint) continues the same training from there.
 
     Raises:
         InputError: bad config or pairs, or ``output_dir`` holding something else.
@@ -427,7 +436,7 @@ def train_dpo(model: str | tuple, pairs: list[dict], output_dir: str | Path, con
             _completion_only_head(config.completion_only_head):
         # trl's config before the model: under ZeRO-3 it registers the DeepSpeed config that makes
         # from_pretrained load each rank's shard instead of the whole model on every rank.
-        args = _trl_args(config, work_dir, use_cuda=use_cuda, progress=progress)
+        args = _trl_args(config, work_dir, use_cuda=use_cuda, progress=progress, checkpoint_steps=checkpoint_steps)
         is_deepspeed = getattr(args, "deepspeed_plugin", None) is not None
         check_full_fine_tuning(model, config, is_deepspeed=is_deepspeed)
         policy_dtype, reference_dtype = training_dtypes(config, use_cuda=use_cuda, is_deepspeed=is_deepspeed)
@@ -439,7 +448,13 @@ def train_dpo(model: str | tuple, pairs: list[dict], output_dir: str | Path, con
         _check_world_size(config.num_processes, accelerator.num_processes)
         counter = _micro_batch_counter()
         trainer.add_callback(counter)
-        output = trainer.train()
+        if checkpoint_steps or resume_from is not None:
+            trainer.add_callback(_resumable_totals(trainer, resume_from))  # before `callbacks` see the checkpoint
+        for callback in callbacks:
+            trainer.add_callback(callback)
+        if resume_from is not None:  # the micro-batches before the checkpoint count too
+            counter.count = _checkpoint_step(resume_from) * config.grad_accum
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
         held_in = _held_in_metrics(trainer, config.beta) if config.evaluate_held_in else {}
         history = [row for row in trainer.state.log_history if "loss" in row]  # losses are averaged over ranks
         trained = trainer.model.merge_and_unload() if config.lora else trainer.model
@@ -465,6 +480,47 @@ def train_dpo(model: str | tuple, pairs: list[dict], output_dir: str | Path, con
         accelerator.wait_for_everyone()  # the other ranks return once OUT exists
     return TrainResult(output_dir, metrics, steps, meta["first_loss"], seconds, world_size=accelerator.num_processes,
                        rank=accelerator.process_index, micro_batches=counter.count)
+
+
+#: The run totals a trainer checkpoint lacks, saved beside it (see :func:`_resumable_totals`).
+TOTALS = "xlpref_totals.json"
+
+
+def _resumable_totals(trainer: Any, resume_from: str | Path | None) -> Any:
+    """Keep the run's totals across a resume: the loss summed since the start, trl's token count.
+
+    A trainer resumed from a checkpoint reports ``train_loss`` over the steps of its own ``train()``
+    call only, and trl counts ``num_tokens`` from 0 again; the metrics of a training resumed after a
+    failure would differ from the uninterrupted training's. This callback writes both totals into
+    each checkpoint and, on resume, starts the trainer's running sums (transformers'
+    ``_total_loss_scalar``, ``_initial_global_step``; trl's ``_total_train_tokens``) from them, so
+    the sums continue in the same order as without the failure.
+    """
+    from transformers import TrainerCallback
+
+    class ResumableTotals(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            totals = Path(resume_from) / TOTALS if resume_from is not None else None
+            if totals is None or not totals.exists():
+                return
+            saved = json.loads(totals.read_text(encoding="utf-8"))
+            trainer._total_loss_scalar = saved["loss_sum"]
+            trainer._initial_global_step = 0  # train_loss: the sum over every step, divided by all of them
+            if hasattr(trainer, "_total_train_tokens"):
+                trainer._total_train_tokens = saved["train_tokens"]
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            totals = {"loss_sum": trainer._total_loss_scalar + float(trainer._tr_loss.item()),
+                      "train_tokens": getattr(trainer, "_total_train_tokens", 0)}
+            write_json_atomic(folder / TOTALS, totals)
+
+    return ResumableTotals()
+
+
+def _checkpoint_step(checkpoint: str | Path) -> int:
+    """The optimizer step a trainer checkpoint was saved at (its ``trainer_state.json``)."""
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
 
 
 def _launched_world_size() -> int:

@@ -11,7 +11,8 @@ Example::
     xlpref train --model tiny-random-llama --pairs pairs.jsonl -o out2/ --launcher accelerate --num-processes 2
 
 ``--launcher accelerate|torchrun --num-processes N`` trains with N processes (xlpref.distributed): one
-GPU each, or gloo processes without a GPU; ``--batch-size`` is per process.
+GPU each, or gloo processes without a GPU; ``--batch-size`` is per process. ``--engine ray
+--num-processes N [--ray-address auto]`` runs the same N ranks as Ray Train workers (xlpref.ray_train).
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def render_result(result: TrainResult, n_pairs: int) -> Table:
               help="DeepSpeed ZeRO stage (with --launcher accelerate; needs the deepspeed package and GPUs).")
 @click.option("--accelerate-config", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Your own accelerate config (default: configs/accelerate/ for this machine).")
+@click.option("--engine", type=click.Choice(("local", "ray")), default="local", show_default=True,
+              help="ray: --num-processes Ray Train workers on a Ray cluster (no launcher).")
+@click.option("--ray-address", default=None,
+              help="With --engine ray: join this cluster ('auto', host:6379); default: start a local Ray.")
+@click.option("--gpus-per-worker", type=float, default=0, show_default=True, help="With --engine ray: GPUs per rank.")
 @click.pass_obj
 @writes_output("output_dir", is_folder=False)
 def train(obj, model_spec: str, pairs_path: Path, output_dir: Path, loss: str, beta: float, nll_weight: float,
@@ -96,7 +102,7 @@ def train(obj, model_spec: str, pairs_path: Path, output_dir: Path, loss: str, b
           grad_accum: int, max_length: int, max_prompt_length: int | None, precompute_ref_log_probs: bool,
           completion_only_head: bool, gradient_checkpointing: bool | None,
           seed: int | None, report_to: tuple[str, ...], launcher: str, num_processes: int, deepspeed: str | None,
-          accelerate_config: Path | None) -> None:
+          accelerate_config: Path | None, engine: str, ray_address: str | None, gpus_per_worker: float) -> None:
     """Train the model on preference pairs; the reference is the starting model."""
     from xlpref.training import load_pairs_for_training, train_dpo
 
@@ -110,10 +116,15 @@ def train(obj, model_spec: str, pairs_path: Path, output_dir: Path, loss: str, b
         num_processes=num_processes,
     )
     config.validate()  # before loading pairs or models: bad flags fail fast
-    if launcher != "accelerate" and (deepspeed or accelerate_config):
+    if launcher != "accelerate" and (accelerate_config or (deepspeed and engine != "ray")):
         raise InputError("--deepspeed and --accelerate-config need --launcher accelerate", field="launcher")
+    if engine == "ray" and (launcher != "none" or accelerate_config):
+        raise InputError("--engine ray forms the process group itself; expected no --launcher or --accelerate-config",
+                         field="launcher")
     pairs = load_pairs_for_training(pairs_path)
-    if launcher == "none":
+    if engine == "ray":
+        result = _train_on_ray(model_spec, pairs, output_dir, config, ray_address, gpus_per_worker, deepspeed)
+    elif launcher == "none":
         result = train_dpo(model_spec, pairs, output_dir, config)
     else:
         from xlpref.distributed import launch_training
@@ -123,3 +134,19 @@ def train(obj, model_spec: str, pairs_path: Path, output_dir: Path, loss: str, b
                                  accelerate_config_file=accelerate_config)
     Console(stderr=True).print(render_result(result, len(pairs)))
     click.echo(str(result.output_dir))
+
+
+def _train_on_ray(model_spec: str, pairs: list[dict], output_dir: Path, config: TrainConfig,
+                  address: str | None, gpus_per_worker: float, deepspeed: str | None) -> TrainResult:
+    """``config.num_processes`` Ray Train workers, in a Ray session of their own, with a bar of steps."""
+    from xlpref.cluster import ComputeConfig, ray_session
+    from xlpref.ray_progress import ray_stage_progress
+    from xlpref.ray_train import optimizer_steps, train_on_ray
+
+    compute = ComputeConfig(engine="ray", address=address, workers=config.num_processes,
+                            gpus_per_worker=gpus_per_worker)
+    steps = optimizer_steps(len(pairs), config)
+    with ray_session(compute), ray_stage_progress(Console(stderr=True), "train", total=steps, unit="steps",
+                                                  combine="max") as bar:
+        return train_on_ray(model_spec, pairs, output_dir, config, num_workers=config.num_processes,
+                            compute=compute, deepspeed=deepspeed, board=bar.board)
