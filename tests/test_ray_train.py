@@ -13,7 +13,6 @@ them restarted once).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
