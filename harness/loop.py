@@ -99,7 +99,8 @@ def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
                             seed=ctx.config.seed + t, batch_size=cfg.batch_size)
     ctx.console.rule(f"[bold]iteration {t}: evaluate {policy}")
     paths = generate_outputs(policy, ctx.instructions, out_dir, generator=f"{ctx.config.name}-iter{t}",
-                             backend=cfg.backend, params=params, **_vllm_options(ctx, cfg.backend, params.seed))
+                             backend=cfg.backend, params=params, compute=ctx.config.compute,
+                             **_vllm_options(ctx, cfg.backend, params.seed))
     _release()
     judge = load_judge(cfg.judge, **cfg.judge_options)
     metrics = {}
@@ -174,15 +175,22 @@ def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
                             seed=ctx.config.seed + t, batch_size=cfg.batch_size)
     ctx.console.rule(f"[bold]iteration {t}: sample ({cfg.backend}, n={cfg.n})")
     start = time.perf_counter()
-    sampler = make_sampler(cfg.backend, policy, **_vllm_options(ctx, cfg.backend, params.seed))
+    sampler = make_sampler(cfg.backend, policy, compute=ctx.config.compute,
+                           **_vllm_options(ctx, cfg.backend, params.seed))
     try:
         records = sample_to_log(sampler, requests, params, log)
     finally:
         sampler.close()
         _release()
     ctx.stage_done(stage, time.perf_counter() - start, records=len(records),
-                   tokens=sum(r.get("n_response_tokens", 0) for r in records))
+                   tokens=sum(r.get("n_response_tokens", 0) for r in records),
+                   **_compute_summary(getattr(sampler, "report", None)))
     return records
+
+
+def _compute_summary(report: dict | None) -> dict:
+    """A Ray stage's workers, nodes and per-worker records and seconds, for stages.json (nothing when local)."""
+    return {"compute": report} if report else {}
 
 
 def _vllm_options(ctx: RunContext, backend: str, seed: int) -> dict:
@@ -190,8 +198,8 @@ def _vllm_options(ctx: RunContext, backend: str, seed: int) -> dict:
     if backend != "vllm":
         return {}
     cfg = ctx.config.sampling
-    return {"tensor_parallel_size": cfg.tensor_parallel_size, "data_parallel_size": cfg.data_parallel_size,
-            "is_seeded_per_request": cfg.is_seeded_per_request, "seed": seed}
+    return {"tensor_parallel_size": cfg.tensor_parallel_size, "is_seeded_per_request": cfg.is_seeded_per_request,
+            "seed": seed}
 
 
 def reward_models(ctx: RunContext, policy: str) -> tuple[str, str]:
@@ -217,12 +225,14 @@ def build_preference_pairs(ctx: RunContext, t: int, policy: str, samples: list[d
     result = annotator.annotate(
         samples=samples, policy=policy, reward_policy=reward_policy, reference=reference,
         prompts=ctx.prompts, languages=ctx.config.languages, store=ctx.store, stage_dir=f"iter_{t}",
+        compute=ctx.config.compute,
     )
     _release()
     write_json_atomic(ctx.store.path(f"iter_{t}", "pairs.summary.json"), result.summary)
     write_jsonl_atomic(pairs_path, result.pairs)
     ctx.stage_done(stage, time.perf_counter() - start, pairs=len(result.pairs),
-                   tokens=sum(r.get("n_response_tokens", 0) for r in samples) if cfg.name == "implicit-reward" else None)
+                   tokens=sum(r.get("n_response_tokens", 0) for r in samples) if cfg.name == "implicit-reward" else None,
+                   **_compute_summary(getattr(annotator, "compute_report", None)))
     return result.pairs
 
 
@@ -272,6 +282,7 @@ CONFIG_DEPENDENTS: dict[str, tuple[str, ...]] = {
     "data.eval_instructions": ("eval",), "data.eval_limit": ("eval",), "data.reference_outputs": ("eval",),
     "data.instruction_difficulty": ("eval",),
     "sampling": ("samples",), "annotator": ("pairs",), "training": ("train",),
+    "compute": (),  # where stages run: any number of workers writes the same artifacts
     "training.report_to": (),
     "evaluation": ("eval",), "evaluation.results_dir": (), "evaluation.is_enabled": (),
     "evaluation.n_bootstrap": (),  # the run's leaderboard deltas, rewritten on every run
