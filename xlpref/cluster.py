@@ -107,7 +107,9 @@ def ray_session(compute: ComputeConfig, *, num_cpus: int | None = None) -> Itera
         else:
             _check_reachable(compute.address)
         try:
-            ray.init(address=compute.address, **options)
+            # "local": a new instance even when another process on this machine runs one (ray.init
+            # would otherwise join the cluster named in /tmp/ray/ray_current_cluster).
+            ray.init(address=compute.address or "local", **options)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise InputError(f"cannot reach the Ray cluster at {compute.address!r}: {str(error).splitlines()[0]}",
                              field="compute.address") from error

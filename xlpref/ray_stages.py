@@ -135,11 +135,11 @@ class WorkerPool:
         return self._ray.get([actor.info.remote() for actor in self.actors])
 
     def close(self) -> None:
-        """Record each worker's model loading seconds in the stats, stop the workers and leave the session."""
+        """Record each worker's process and model loading seconds in the stats, stop the workers, leave the session."""
         if self.actors:
             with contextlib.suppress(Exception):  # a worker that cannot answer has no loading time to report
                 for stats, info in zip(self.stats, self.worker_info()):
-                    stats["load_seconds"] = info["load_seconds"]
+                    stats.update(pid=info["pid"], load_seconds=info["load_seconds"])
         for actor in self.actors:
             self._ray.kill(actor)
         self.actors = []
@@ -208,8 +208,8 @@ class RaySampler:
         return in_request_order(out, requests)
 
     def close(self) -> None:
-        self.report = self.pool.report
         self.pool.close()
+        self.report = self.pool.report
 
 
 # -- scoring -----------------------------------------------------------------------------------------
@@ -240,5 +240,5 @@ class RayScorer:
         self.report = self.pool.report
 
     def close(self) -> None:
-        self.report = self.pool.report
         self.pool.close()
+        self.report = self.pool.report

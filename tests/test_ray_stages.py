@@ -1,0 +1,197 @@
+"""Stages on Ray worker actors write what one worker and a local run write; a killed worker loses nothing.
+
+One local Ray instance (2 CPUs) serves the module; each stage starts its own workers (a few seconds
+each on this machine: every worker imports torch and loads its model once).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from cli_helpers import run_cli
+
+from xlpref.cluster import ComputeConfig
+from xlpref.data import MINI_DIR, load_instructions
+from xlpref.jsonio import read_jsonl
+from xlpref.records import RecordLog
+from xlpref.reward import SCORE_KEY, BlockScorer, score_records
+from xlpref.sampling import SAMPLE_KEY, SampleRequest, SamplingParams, make_sampler, sample_to_log
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'xlpref[ray]')")
+
+POLICY, REFERENCE = "tiny-random-llama", "tiny-random-llama-seed1"
+PROMPTS = {"en": ["Write a haiku about the sea.", "List three fruits.", "Explain rain to a child in two sentences.",
+                  "Name a color."],
+           "es": ["Escribe un haiku sobre el mar.", "Enumera tres frutas.",
+                  "Explica la lluvia a un niño en dos frases.", "Nombra un color."]}
+PARAMS = SamplingParams(n=2, max_new_tokens=8, batch_size=2, seed=7)
+
+
+def ray_compute(workers: int) -> ComputeConfig:
+    return ComputeConfig(engine="ray", workers=workers)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray(one_torch_thread):
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # The fault test's job class lives in this module, which the workers cannot import: send it by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def requests() -> list[SampleRequest]:
+    return [SampleRequest(f"id{i}", lang, text, PROMPTS["en"][i]) for lang, texts in PROMPTS.items()
+            for i, text in enumerate(texts)]
+
+
+@pytest.fixture(scope="module")
+def local_samples(requests, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("local") / "samples.jsonl"
+    sample_to_log(make_sampler("hf", POLICY), requests, PARAMS, RecordLog(path, SAMPLE_KEY), progress=False)
+    return path
+
+
+def sample_with_workers(requests, path: Path, workers: int) -> dict:
+    sampler = make_sampler("hf", POLICY, compute=ray_compute(workers))
+    try:
+        sample_to_log(sampler, requests, PARAMS, RecordLog(path, SAMPLE_KEY), progress=False)
+    finally:
+        sampler.close()
+    return sampler.report
+
+
+def test_ray_sampling_with_one_or_two_workers_writes_the_bytes_of_a_local_run(requests, local_samples, tmp_path):
+    one = sample_with_workers(requests, tmp_path / "one.jsonl", 1)
+    two = sample_with_workers(requests, tmp_path / "two.jsonl", 2)
+
+    expected = local_samples.read_bytes()
+    assert (tmp_path / "one.jsonl").read_bytes() == expected
+    assert (tmp_path / "two.jsonl").read_bytes() == expected
+    # 8 prompts in batches of 2: 4 shards, pulled by idle workers; every record came back once.
+    assert one["workers"] == 1 and one["per_worker"][0]["shards"] == 4
+    assert [w["shards"] > 0 for w in two["per_worker"]] == [True, True]
+    assert sum(w["records"] for w in two["per_worker"]) == 16
+    assert all(w["load_seconds"] > 0 for w in two["per_worker"])
+
+
+def test_ray_evaluation_outputs_with_two_workers_equal_one_workers(tmp_path):
+    from harness.evaluation.model_outputs import generate_outputs
+
+    instructions = {lang: rows[:3] for lang, rows in load_instructions(MINI_DIR / "x_alpacaeval" / "instructions",
+                                                                       ["en", "es"]).items()}
+    params = SamplingParams(n=1, temperature=0.6, top_p=0.9, max_new_tokens=8, batch_size=2, seed=3)
+    outputs = {}
+    for workers in (1, 2):
+        paths = generate_outputs(POLICY, instructions, tmp_path / str(workers), generator="tiny", params=params,
+                                 progress=False, compute=ray_compute(workers))
+        outputs[workers] = {lang: path.read_bytes() for lang, path in paths.items()}
+        summary = json.loads((tmp_path / str(workers) / "generation.stages.json").read_text(encoding="utf-8"))
+        assert summary["generate"]["compute"]["workers"] == workers
+    assert outputs[1] == outputs[2]
+    assert (tmp_path / "1" / "generation.jsonl").read_bytes() == (tmp_path / "2" / "generation.jsonl").read_bytes()
+
+
+class DriverStopped(Exception):
+    """The driver process ends mid-stage (as if killed)."""
+
+
+class PoolScorer:
+    """The scorer interface of :class:`xlpref.ray_stages.RayScorer` over a given pool (reused across runs)."""
+
+    def __init__(self, pool, *, stop_after: int | None = None) -> None:
+        self.pool, self.stop_after = pool, stop_after
+
+    def map_blocks(self, blocks):
+        for count, result in enumerate(self.pool.map(blocks), start=1):
+            yield result
+            if count == self.stop_after:
+                raise DriverStopped("the driver stops here")
+
+
+class KillOnce:
+    """A worker's scoring job that SIGKILLs its own process on its first shard, once per test (a marker file)."""
+
+    def __init__(self, marker: str, build) -> None:
+        self.marker, self.job = marker, build()
+
+    def __call__(self, shard):
+        if not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()), encoding="utf-8")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.job(shard)
+
+
+SCORING = {"token_span": "authors", "max_batch_tokens": 4}  # tiny blocks: one prompt group each
+
+
+@pytest.fixture(scope="module")
+def fault_free_scores(local_samples, tmp_path_factory) -> Path:
+    """The local scorer's artifact: every Ray run below must write these bytes (rewards within 1e-5)."""
+    path = tmp_path_factory.mktemp("scored") / "scored.jsonl"
+    scorer = BlockScorer.load(POLICY, REFERENCE, "cross-lingual", **SCORING)
+    score_records(read_jsonl(local_samples), None, None, None, "cross-lingual", log=RecordLog(path, SCORE_KEY),
+                  scorer=scorer, progress=False, max_batch_tokens=SCORING["max_batch_tokens"])
+    return path
+
+
+def assert_same_scores(path: Path, expected: Path) -> None:
+    got, want = read_jsonl(path), read_jsonl(expected)
+    assert [tuple(r[k] for k in SCORE_KEY) for r in got] == [tuple(r[k] for k in SCORE_KEY) for r in want]
+    for a, b in zip(got, want):
+        assert abs(a["reward"] - b["reward"]) <= 1e-5
+        assert {k: v for k, v in a.items() if k not in ("reward", "logp_policy", "logp_reference")} == \
+            {k: v for k, v in b.items() if k not in ("reward", "logp_policy", "logp_reference")}
+
+
+def test_ray_scoring_command_with_one_or_two_workers_gives_the_local_rewards(local_samples, fault_free_scores,
+                                                                                tmp_path, capsys):
+    for workers in (1, 2):
+        output = tmp_path / f"scored{workers}.jsonl"
+        code, _, err = run_cli(["score", local_samples, "--policy", POLICY, "--reference", REFERENCE,
+                                "--max-batch-tokens", SCORING["max_batch_tokens"], "-o", output,
+                                "--engine", "ray", "--workers", workers], capsys)
+        assert code == 0, err
+        assert_same_scores(output, fault_free_scores)
+        summary = json.loads(output.with_name(output.name + ".stages.json").read_text(encoding="utf-8"))["score"]
+        assert summary["records"] == 16 and summary["compute"]["workers"] == workers
+        assert sum(w["records"] for w in summary["compute"]["per_worker"]) == 16
+
+
+def test_ray_worker_killed_mid_shard_is_restarted_and_a_stopped_driver_resumes(local_samples, fault_free_scores,
+                                                                                  tmp_path):
+    from xlpref.ray_stages import WorkerPool
+
+    marker = tmp_path / "killed.pid"
+    build = functools.partial(KillOnce, str(marker), functools.partial(BlockScorer.load, POLICY, REFERENCE,
+                                                                       "cross-lingual", **SCORING))
+    pool = WorkerPool(ray_compute(2), build, stage="scoring")
+    samples = read_jsonl(local_samples)
+    path = tmp_path / "scored.jsonl"
+    options = {"progress": False, "max_batch_tokens": SCORING["max_batch_tokens"]}
+    try:
+        # The driver stops after two blocks (killed mid-stage); a rerun resumes from the record log.
+        with pytest.raises(DriverStopped):
+            score_records(samples, None, None, None, "cross-lingual", log=RecordLog(path, SCORE_KEY),
+                          scorer=PoolScorer(pool, stop_after=2), **options)
+        partial = read_jsonl(path.with_name("scored.partial.jsonl"))
+        assert 0 < len(partial) < len(samples) and not path.exists()
+        score_records(samples, None, None, None, "cross-lingual", log=RecordLog(path, SCORE_KEY),
+                      scorer=PoolScorer(pool), **options)
+        report = pool.report
+    finally:
+        pool.close()
+
+    assert marker.exists()  # a worker process was SIGKILLed inside a shard ...
+    pids = {info["pid"] for info in pool.stats if "pid" in info}
+    assert int(marker.read_text(encoding="utf-8")) not in pids
+    assert_same_scores(path, fault_free_scores)  # ... and its shard was redone: every record exactly once
+    # Each block reached the driver once (the killed attempt returned nothing; done blocks were not redone).
+    assert sum(w["records"] for w in report["per_worker"]) == len(samples)
