@@ -22,6 +22,7 @@ from xlpref.jsonio import read_jsonl
 from xlpref.records import RecordLog
 from xlpref.reward import SCORE_KEY, BlockScorer, score_records
 from xlpref.sampling import SAMPLE_KEY, SampleRequest, SamplingParams, make_sampler, sample_to_log
+from xlpref.sampling_prompts import requests_from_prompts
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'xlpref[ray]')")
 
@@ -47,9 +48,17 @@ def local_ray(one_torch_thread):
 
 
 @pytest.fixture(scope="module")
-def requests() -> list[SampleRequest]:
-    return [SampleRequest(f"id{i}", lang, text, PROMPTS["en"][i]) for lang, texts in PROMPTS.items()
-            for i, text in enumerate(texts)]
+def prompts_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("prompts")
+    for lang, texts in PROMPTS.items():
+        rows = [{"instruction": text, "instruction_id": f"id{i}"} for i, text in enumerate(texts)]
+        (folder / f"{lang}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def requests(prompts_dir) -> list[SampleRequest]:
+    return requests_from_prompts(prompts_dir, ["en", "es"])
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +77,21 @@ def sample_with_workers(requests, path: Path, workers: int) -> dict:
     return sampler.report
 
 
-def test_ray_sampling_with_one_or_two_workers_writes_the_bytes_of_a_local_run(requests, local_samples, tmp_path):
+def test_ray_sampling_with_one_or_two_workers_writes_the_bytes_of_a_local_run(requests, prompts_dir, local_samples,
+                                                                             tmp_path, capsys):
     one = sample_with_workers(requests, tmp_path / "one.jsonl", 1)
-    two = sample_with_workers(requests, tmp_path / "two.jsonl", 2)
+    code, _, err = run_cli(["sample", "--model", POLICY, "--prompts", prompts_dir, "--langs", "en,es", "--n", PARAMS.n,
+                            "--max-new-tokens", PARAMS.max_new_tokens, "--batch-size", PARAMS.batch_size,
+                            "--seed", PARAMS.seed, "-o", tmp_path / "two.jsonl", "--engine", "ray", "--workers", 2],
+                           capsys)
+    assert code == 0, err
 
     expected = local_samples.read_bytes()
     assert (tmp_path / "one.jsonl").read_bytes() == expected
     assert (tmp_path / "two.jsonl").read_bytes() == expected
     # 8 prompts in batches of 2: 4 shards, pulled by idle workers; every record came back once.
     assert one["workers"] == 1 and one["per_worker"][0]["shards"] == 4
+    two = json.loads((tmp_path / "two.jsonl.stages.json").read_text(encoding="utf-8"))["sample"]["compute"]
     assert [w["shards"] > 0 for w in two["per_worker"]] == [True, True]
     assert sum(w["records"] for w in two["per_worker"]) == 16
     assert all(w["load_seconds"] > 0 for w in two["per_worker"])
@@ -195,3 +210,38 @@ def test_ray_worker_killed_mid_shard_is_restarted_and_a_stopped_driver_resumes(l
     assert_same_scores(path, fault_free_scores)  # ... and its shard was redone: every record exactly once
     # Each block reached the driver once (the killed attempt returned nothing; done blocks were not redone).
     assert sum(w["records"] for w in report["per_worker"]) == len(samples)
+
+
+def test_ray_loop_stages_record_workers_nodes_and_per_worker_records_in_stages_json(tmp_path):
+    from rich.console import Console
+
+    from harness.config import load_config
+    from harness.loop import RunContext, build_preference_pairs, load_run_data, sample_responses
+    from harness.store import RunStore
+
+    config = load_config(Path(__file__).parent / "fixtures" / "tiny_run.yaml",
+                         overrides={"run_dir": str(tmp_path / "run"), "data": {"prompt_limit": 2},
+                                    "compute": {"engine": "ray", "workers": 2}})
+    store = RunStore(config.run_dir)
+    ctx = RunContext(config, store, Console(stderr=True, quiet=True), *load_run_data(config))
+
+    samples = sample_responses(ctx, 0, config.models.policy)
+    build_preference_pairs(ctx, 0, config.models.policy, samples)
+
+    stages = store.stages()
+    for stage, records in (("iter_0/samples", len(samples)), ("iter_0/pairs", len(samples))):
+        compute = stages[stage]["compute"]
+        assert compute["workers"] == 2 and compute["nodes"] == 1
+        assert sum(w["records"] for w in compute["per_worker"]) == records
+        assert all(set(w) >= {"node", "shards", "records", "seconds", "load_seconds"} for w in compute["per_worker"])
+
+
+def test_ray_flags_are_refused_in_one_line_before_any_work(local_samples, tmp_path, capsys):
+    output = tmp_path / "scored.jsonl"
+    base = ["score", local_samples, "--policy", POLICY, "--reference", REFERENCE, "-o", output]
+
+    code, _, err = run_cli([*base, "--workers", 2], capsys)
+    assert code == 2 and "--workers, --ray-address and --gpus-per-worker need --engine ray" in err
+    code, _, err = run_cli([*base, "--engine", "ray", "--gpus-per-worker", 1], capsys)
+    assert code == 2 and "1 workers x 1 GPUs need 1 GPUs; the Ray cluster has 0" in err
+    assert not output.exists() and not output.with_name("scored.partial.jsonl").exists()
