@@ -245,3 +245,20 @@ def test_ray_flags_are_refused_in_one_line_before_any_work(local_samples, tmp_pa
     code, _, err = run_cli([*base, "--engine", "ray", "--gpus-per-worker", 1], capsys)
     assert code == 2 and "1 workers x 1 GPUs need 1 GPUs; the Ray cluster has 0" in err
     assert not output.exists() and not output.with_name("scored.partial.jsonl").exists()
+
+
+def test_ray_lidr_answers_and_self_translations_on_two_workers_give_the_local_pairs(tmp_path, capsys):
+    base = ["annotate", "--annotator", "lidr", "--policy", "tiny-random-gemma3", "--prompts",
+            MINI_DIR / "train_prompts" / "mini",
+            "--langs", "en,es", "--limit", 2, "--max-new-tokens", 6, "--batch-size", 1]
+    code, _, err = run_cli([*base, "-o", tmp_path / "local.jsonl"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli([*base, "-o", tmp_path / "ray.jsonl", "--engine", "ray", "--workers", 2], capsys)
+    assert code == 0, err
+
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    assert read_jsonl(tmp_path / "ray.jsonl")  # answers were translated and paired
+    assert (tmp_path / "ray.work" / "lidr_translations.jsonl").read_bytes() == \
+        (tmp_path / "local.work" / "lidr_translations.jsonl").read_bytes()
+    compute = json.loads((tmp_path / "ray.jsonl.stages.json").read_text(encoding="utf-8"))["annotate"]["compute"]
+    assert compute["workers"] == 2 and all(w["shards"] > 0 for w in compute["per_worker"])
