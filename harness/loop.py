@@ -159,7 +159,8 @@ def _record_results(ctx: RunContext, t: int, policy: str, eval_dir: Path, judge:
 
 def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
     """pi_t answers every training prompt in every training language, n times."""
-    from xlpref.sampling import SampleRequest, SamplingParams, make_sampler, sample_to_log
+    from xlpref.ray_stages import make_stage_sampler
+    from xlpref.sampling import SampleRequest, SamplingParams, sample_to_log
 
     cfg = ctx.config.sampling
     stage = f"iter_{t}/samples"
@@ -175,8 +176,8 @@ def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
                             seed=ctx.config.seed + t, batch_size=cfg.batch_size)
     ctx.console.rule(f"[bold]iteration {t}: sample ({cfg.backend}, n={cfg.n})")
     start = time.perf_counter()
-    sampler = make_sampler(cfg.backend, policy, compute=ctx.config.compute,
-                           **_vllm_options(ctx, cfg.backend, params.seed))
+    sampler = make_stage_sampler(cfg.backend, policy, ctx.config.compute,
+                                 **_vllm_options(ctx, cfg.backend, params.seed))
     try:
         records = sample_to_log(sampler, requests, params, log)
     finally:

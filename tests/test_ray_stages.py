@@ -19,6 +19,7 @@ from cli_helpers import run_cli
 from xlpref.cluster import ComputeConfig
 from xlpref.data import MINI_DIR, load_instructions
 from xlpref.jsonio import read_jsonl
+from xlpref.ray_stages import make_stage_sampler
 from xlpref.records import RecordLog
 from xlpref.reward import SCORE_KEY, BlockScorer, score_records
 from xlpref.sampling import SAMPLE_KEY, SampleRequest, SamplingParams, make_sampler, sample_to_log
@@ -69,7 +70,7 @@ def local_samples(requests, tmp_path_factory) -> Path:
 
 
 def sample_with_workers(requests, path: Path, workers: int) -> dict:
-    sampler = make_sampler("hf", POLICY, compute=ray_compute(workers))
+    sampler = make_stage_sampler("hf", POLICY, ray_compute(workers))
     try:
         sample_to_log(sampler, requests, PARAMS, RecordLog(path, SAMPLE_KEY), progress=False)
     finally:

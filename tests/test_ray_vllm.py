@@ -14,6 +14,7 @@ from test_sampling_vllm import save_tiny_model_for_vllm
 
 from xlpref.cluster import ComputeConfig
 from xlpref.jsonio import read_jsonl
+from xlpref.ray_stages import make_stage_sampler
 from xlpref.records import RecordLog
 from xlpref.sampling import SAMPLE_KEY, SampleRequest, SamplingParams, make_sampler, sample_to_log
 
@@ -31,7 +32,7 @@ def test_ray_worker_runs_a_vllm_engine_whose_greedy_samples_equal_the_hf_backend
     params = SamplingParams(n=1, temperature=0, max_new_tokens=8)
     path = tmp_path / "samples.jsonl"
 
-    sampler = make_sampler("vllm", str(model), compute=ComputeConfig(engine="ray", workers=1))
+    sampler = make_stage_sampler("vllm", str(model), ComputeConfig(engine="ray", workers=1))
     try:
         sample_to_log(sampler, requests, params, RecordLog(path, SAMPLE_KEY), progress=False)
     finally:

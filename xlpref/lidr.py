@@ -281,13 +281,13 @@ class LIDRAnnotator:
         Returns:
             The pairs and the summary per language, plus ``_tokens`` (tokens generated, all records).
         """
-        from xlpref.sampling import make_sampler
+        from xlpref.ray_stages import make_stage_sampler
 
         targets = target_languages(languages)
         items = list(prompts) if not isinstance(prompts, Mapping) else prompts_from_train_prompts(prompts, languages)
         if not items:
             raise InputError("no training prompts; expected at least one", field="prompts")
-        sampler = make_sampler(self.settings["backend"], policy, compute=compute)
+        sampler = make_stage_sampler(self.settings["backend"], policy, compute)
         try:
             answer_records = self._generate(sampler, answer_requests(items, targets), ANSWER_REPETITION_PENALTY,
                                             store, stage_dir, "lidr_answers", progress)

@@ -16,8 +16,9 @@ shard's records once.
 Example::
 
     from xlpref.cluster import ComputeConfig
-    from xlpref.sampling import SamplingParams, make_sampler
-    sampler = make_sampler("hf", "tiny-random-llama", compute=ComputeConfig(engine="ray", workers=2))
+    from xlpref.ray_stages import make_stage_sampler
+    from xlpref.sampling import SamplingParams
+    sampler = make_stage_sampler("hf", "tiny-random-llama", ComputeConfig(engine="ray", workers=2))
     records = sampler.sample(requests, SamplingParams(n=2, max_new_tokens=16))
     sampler.close()
     print(sampler.report["per_worker"])
@@ -147,6 +148,17 @@ class WorkerPool:
 
 
 # -- sampling ----------------------------------------------------------------------------------------
+
+def make_stage_sampler(backend: str, model: Any, compute: ComputeConfig | None = None,
+                       **backend_options: Any) -> Any:
+    """The sampler a stage runs: :func:`xlpref.sampling.make_sampler` here, or :class:`RaySampler` for
+    ``compute.engine == "ray"`` (``compute.workers`` actors, each with its own such sampler)."""
+    if compute is not None and compute.engine == "ray":
+        return RaySampler(backend, model, compute, **backend_options)
+    from xlpref.sampling import make_sampler
+
+    return make_sampler(backend, model, **backend_options)
+
 
 class _BatchSampler:
     """A worker's job for sampling: its own sampler; a shard is ``(requests of one batch, params)``."""

@@ -101,18 +101,13 @@ class Sampler(Protocol):
     def close(self) -> None: ...
 
 
-def make_sampler(backend: str, model: Any, *, compute: Any = None, **backend_options: Any) -> Sampler:
+def make_sampler(backend: str, model: Any, **backend_options: Any) -> Sampler:
     """A sampler by registry name (``hf``, ``vllm``) for a model spec or a ``(model, tokenizer)`` pair.
 
-    With ``compute`` (:class:`xlpref.cluster.ComputeConfig`) of engine ``ray``, the batches run on
-    ``compute.workers`` worker actors, each holding its own sampler (:class:`xlpref.ray_stages.RaySampler`).
+    (:func:`xlpref.ray_stages.make_stage_sampler` chooses between this and Ray worker actors.)
     """
     from xlpref.registry import resolve
 
-    if compute is not None and compute.engine == "ray":
-        from xlpref.ray_stages import RaySampler
-
-        return RaySampler(backend, model, compute, **backend_options)
     return resolve("sampler", backend)(model, **backend_options)
 
 

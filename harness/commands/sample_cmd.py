@@ -83,7 +83,8 @@ def sample(obj, model: str, prompts: Path, langs: str, n: int, output: Path, bac
     from harness.store import check_output_options, record_output_options
     from xlpref.records import RecordLog
     from xlpref.languages import parse_languages
-    from xlpref.sampling import SAMPLE_KEY, SamplingParams, make_sampler, sample_to_log
+    from xlpref.ray_stages import make_stage_sampler
+    from xlpref.sampling import SAMPLE_KEY, SamplingParams, sample_to_log
     from xlpref.sampling_prompts import requests_from_prompts
 
     params = SamplingParams(
@@ -111,7 +112,7 @@ def sample(obj, model: str, prompts: Path, langs: str, n: int, output: Path, bac
         console.print("note: --tensor-parallel-size and --gpu-memory-utilization apply to --backend vllm only; "
                       "ignored")
     resumed = len(log.done_keys)
-    sampler = make_sampler(backend, model, compute=compute, **options)
+    sampler = make_stage_sampler(backend, model, compute, **options)
     record_output_options(output, resolved)
     try:
         records = sample_to_log(sampler, requests, params, log)

@@ -63,7 +63,8 @@ def generate_outputs(model: Any, instructions: Mapping[str, Sequence[Instruction
         ``{lang: path of its model_outputs.json}``.
     """
     from harness.store import RunStore
-    from xlpref.sampling import SAMPLE_KEY, SampleRequest, make_sampler, sample_to_log
+    from xlpref.ray_stages import make_stage_sampler
+    from xlpref.sampling import SAMPLE_KEY, SampleRequest, sample_to_log
 
     params = params if params is not None else evaluation_params()
     if params.n != 1:
@@ -79,7 +80,7 @@ def generate_outputs(model: Any, instructions: Mapping[str, Sequence[Instruction
         name = model if isinstance(model, str) else (getattr(model[0], "name_or_path", "") or "in-memory")
         records = sample_to_log(SimpleNamespace(name=backend, model_name=name), requests, params, log)
     else:
-        sampler = make_sampler(backend, model, compute=compute, **backend_options)
+        sampler = make_stage_sampler(backend, model, compute, **backend_options)
         try:
             records = sample_to_log(sampler, requests, params, log, progress=progress)
         finally:
