@@ -98,21 +98,22 @@ def test_ray_sampling_with_one_or_two_workers_writes_the_bytes_of_a_local_run(re
     assert all(w["load_seconds"] > 0 for w in two["per_worker"])
 
 
-def test_ray_evaluation_outputs_with_two_workers_equal_one_workers(tmp_path):
+def test_ray_evaluation_outputs_with_two_workers_equal_a_local_run(tmp_path):
     from harness.evaluation.model_outputs import generate_outputs
 
     instructions = {lang: rows[:3] for lang, rows in load_instructions(MINI_DIR / "x_alpacaeval" / "instructions",
                                                                        ["en", "es"]).items()}
     params = SamplingParams(n=1, temperature=0.6, top_p=0.9, max_new_tokens=8, batch_size=2, seed=3)
     outputs = {}
-    for workers in (1, 2):
-        paths = generate_outputs(POLICY, instructions, tmp_path / str(workers), generator="tiny", params=params,
-                                 progress=False, compute=ray_compute(workers))
-        outputs[workers] = {lang: path.read_bytes() for lang, path in paths.items()}
-        summary = json.loads((tmp_path / str(workers) / "generation.stages.json").read_text(encoding="utf-8"))
-        assert summary["generate"]["compute"]["workers"] == workers
-    assert outputs[1] == outputs[2]
-    assert (tmp_path / "1" / "generation.jsonl").read_bytes() == (tmp_path / "2" / "generation.jsonl").read_bytes()
+    for name, compute in (("local", None), ("ray", ray_compute(2))):
+        paths = generate_outputs(POLICY, instructions, tmp_path / name, generator="tiny", params=params,
+                                 progress=False, compute=compute)
+        outputs[name] = {lang: path.read_bytes() for lang, path in paths.items()}
+    assert outputs["ray"] == outputs["local"]
+    assert (tmp_path / "ray" / "generation.jsonl").read_bytes() == (tmp_path / "local" / "generation.jsonl").read_bytes()
+    summary = json.loads((tmp_path / "ray" / "generation.stages.json").read_text(encoding="utf-8"))["generate"]
+    assert summary["records"] == 6 and summary["compute"]["workers"] == 2
+    assert not (tmp_path / "local" / "generation.stages.json").exists()
 
 
 class DriverStopped(Exception):
@@ -167,28 +168,29 @@ def assert_same_scores(path: Path, expected: Path) -> None:
             {k: v for k, v in b.items() if k not in ("reward", "logp_policy", "logp_reference")}
 
 
-def test_ray_scoring_command_with_one_or_two_workers_gives_the_local_rewards(local_samples, fault_free_scores,
-                                                                                tmp_path, capsys):
-    for workers in (1, 2):
-        output = tmp_path / f"scored{workers}.jsonl"
-        code, _, err = run_cli(["score", local_samples, "--policy", POLICY, "--reference", REFERENCE,
-                                "--max-batch-tokens", SCORING["max_batch_tokens"], "-o", output,
-                                "--engine", "ray", "--workers", workers], capsys)
-        assert code == 0, err
-        assert_same_scores(output, fault_free_scores)
-        summary = json.loads(output.with_name(output.name + ".stages.json").read_text(encoding="utf-8"))["score"]
-        assert summary["records"] == 16 and summary["compute"]["workers"] == workers
-        assert sum(w["records"] for w in summary["compute"]["per_worker"]) == 16
+def test_ray_scoring_command_with_two_workers_gives_the_local_rewards(local_samples, fault_free_scores, tmp_path,
+                                                                     capsys):
+    output = tmp_path / "scored.jsonl"
+    code, _, err = run_cli(["score", local_samples, "--policy", POLICY, "--reference", REFERENCE,
+                            "--max-batch-tokens", SCORING["max_batch_tokens"], "-o", output,
+                            "--engine", "ray", "--workers", 2], capsys)
+
+    assert code == 0, err
+    assert_same_scores(output, fault_free_scores)
+    summary = json.loads(output.with_name(output.name + ".stages.json").read_text(encoding="utf-8"))["score"]
+    assert summary["records"] == 16 and summary["compute"]["workers"] == 2
+    assert [w["records"] > 0 for w in summary["compute"]["per_worker"]] == [True, True]
+    assert sum(w["records"] for w in summary["compute"]["per_worker"]) == 16
 
 
-def test_ray_worker_killed_mid_shard_is_restarted_and_a_stopped_driver_resumes(local_samples, fault_free_scores,
-                                                                                  tmp_path):
+def test_ray_one_worker_killed_mid_shard_is_restarted_and_a_stopped_driver_resumes(local_samples, fault_free_scores,
+                                                                                      tmp_path):
     from xlpref.ray_stages import WorkerPool
 
     marker = tmp_path / "killed.pid"
     build = functools.partial(KillOnce, str(marker), functools.partial(BlockScorer.load, POLICY, REFERENCE,
                                                                        "cross-lingual", **SCORING))
-    pool = WorkerPool(ray_compute(2), build, stage="scoring")
+    pool = WorkerPool(ray_compute(1), build, stage="scoring")
     samples = read_jsonl(local_samples)
     path = tmp_path / "scored.jsonl"
     options = {"progress": False, "max_batch_tokens": SCORING["max_batch_tokens"]}
@@ -206,8 +208,7 @@ def test_ray_worker_killed_mid_shard_is_restarted_and_a_stopped_driver_resumes(l
         pool.close()
 
     assert marker.exists()  # a worker process was SIGKILLed inside a shard ...
-    pids = {info["pid"] for info in pool.stats if "pid" in info}
-    assert int(marker.read_text(encoding="utf-8")) not in pids
+    assert pool.stats[0]["pid"] != int(marker.read_text(encoding="utf-8"))  # the worker was restarted
     assert_same_scores(path, fault_free_scores)  # ... and its shard was redone: every record exactly once
     # Each block reached the driver once (the killed attempt returned nothing; done blocks were not redone).
     assert sum(w["records"] for w in report["per_worker"]) == len(samples)
@@ -222,7 +223,7 @@ def test_ray_loop_stages_record_workers_nodes_and_per_worker_records_in_stages_j
 
     config = load_config(Path(__file__).parent / "fixtures" / "tiny_run.yaml",
                          overrides={"run_dir": str(tmp_path / "run"), "data": {"prompt_limit": 2},
-                                    "compute": {"engine": "ray", "workers": 2}})
+                                    "compute": {"engine": "ray", "workers": 1}})
     store = RunStore(config.run_dir)
     ctx = RunContext(config, store, Console(stderr=True, quiet=True), *load_run_data(config))
 
@@ -232,7 +233,7 @@ def test_ray_loop_stages_record_workers_nodes_and_per_worker_records_in_stages_j
     stages = store.stages()
     for stage, records in (("iter_0/samples", len(samples)), ("iter_0/pairs", len(samples))):
         compute = stages[stage]["compute"]
-        assert compute["workers"] == 2 and compute["nodes"] == 1
+        assert compute["workers"] == 1 and compute["nodes"] == 1
         assert sum(w["records"] for w in compute["per_worker"]) == records
         assert all(set(w) >= {"node", "shards", "records", "seconds", "load_seconds"} for w in compute["per_worker"])
 
