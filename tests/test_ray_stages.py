@@ -264,3 +264,23 @@ def test_ray_lidr_answers_and_self_translations_on_two_workers_give_the_local_pa
         (tmp_path / "local.work" / "lidr_translations.jsonl").read_bytes()
     compute = json.loads((tmp_path / "ray.jsonl.stages.json").read_text(encoding="utf-8"))["annotate"]["compute"]
     assert compute["workers"] == 2 and all(w["shards"] > 0 for w in compute["per_worker"])
+
+
+def test_ray_scale_bench_rows_give_the_speedup_of_two_workers_and_the_per_shard_overhead():
+    from benchmarks.perf.suite import summary_rows
+
+    def run(wall: float, tokens: int, workers: int) -> dict:
+        return {"wall_seconds": wall, "tokens": tokens, "shards": 8, "load_seconds": [4.0] * workers,
+                "overhead_ms_per_shard": 12.5, "equal_to_first": True}
+
+    scale = {"config": {"worker_counts": [1, 2]}, "ray_startup_seconds": 5.0,
+             "sampling": {"1": run(10.0, 1000, 1), "2": run(5.5, 1000, 2)},
+             "scoring": {"1": run(8.0, 800, 1), "2": run(6.0, 800, 2), "max_logp_difference": 0.0}}
+    rows = {row["measure"]: row for row in summary_rows({"sections": {"scale": scale}})}
+
+    sampling = rows["hf sampling: 2 workers x 1 thread vs 1, tok/s (same output: True)"]
+    assert sampling["ratio"] == pytest.approx(10 / 5.5) and sampling["met"] is True
+    scoring = rows["scoring (one model): 2 workers x 1 thread vs 1, tok/s (same output: True)"]
+    assert scoring["ratio"] == pytest.approx(8 / 6) and scoring["met"] is False
+    assert rows["hf sampling: per-shard overhead, 2 workers (8 shards)"]["ours"] == 12.5
+    assert rows["Ray start-up (local instance, once per command)"]["ours"] == 5.0
