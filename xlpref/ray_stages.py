@@ -116,8 +116,9 @@ class WorkerPool:
                     raise error.cause from None
                 raise
             except ray.exceptions.RayActorError as error:
-                raise RuntimeError(f"{self.stage}: worker {worker} died {MAX_RESTARTS + 1} times (shard {index}); "
-                                   f"see the Ray logs: {str(error).splitlines()[0]}") from error
+                # Loading failed in the worker, or it died more than MAX_RESTARTS times.
+                raise RuntimeError(f"{self.stage}: worker {worker} is gone (shard {index}, restarts allowed: "
+                                   f"{MAX_RESTARTS}): {str(error).splitlines()[0]}; see the Ray logs") from error
             stats = self.stats[worker]
             stats.update(node=node, shards=stats["shards"] + 1, records=stats["records"] + len(records),
                          seconds=stats["seconds"] + seconds)
