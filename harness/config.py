@@ -66,7 +66,6 @@ class SamplingConfig(_Strict):
     max_new_tokens: int = Field(2400, ge=1)
     batch_size: int = Field(8, ge=1)
     tensor_parallel_size: int = Field(1, ge=1)
-    data_parallel_size: int = Field(1, ge=1)
     is_seeded_per_request: bool = Field(True, description="vllm: a seed per request (resumable); false: one "
                                         "engine seed, faster sampling (docs/scaling.md)")
 
@@ -193,6 +192,11 @@ class RunConfig(_Strict):
         return self.model_dump(mode="json", exclude={"training": {"seed"}})
 
 
+#: Keys that moved, and where their setting lives now.
+MOVED_KEYS = {"sampling.data_parallel_size": "expected compute.workers (one vLLM engine per Ray worker, "
+              "each with sampling.tensor_parallel_size GPUs; docs/scaling.md)"}
+
+
 def _format_loc(loc: tuple) -> str:
     return ".".join(str(part) for part in loc)
 
@@ -271,7 +275,9 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = _format_loc(err["loc"])
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and loc in MOVED_KEYS:
+            message = f"unknown key; {MOVED_KEYS[loc]}"
+        elif err["type"] == "extra_forbidden":
             message = "unknown key; check the spelling (see harness/config.py for the keys)"
         elif err["type"] == "missing":
             message = "missing required key"

@@ -100,7 +100,8 @@ def evaluate_policy(ctx: RunContext, t: int, policy: str) -> dict[str, dict]:
                             seed=ctx.config.seed + t, batch_size=cfg.batch_size)
     ctx.console.rule(f"[bold]iteration {t}: evaluate {policy}")
     paths = generate_outputs(policy, ctx.instructions, out_dir, generator=f"{ctx.config.name}-iter{t}",
-                             backend=cfg.backend, params=params, **_vllm_options(ctx, cfg.backend, params.seed))
+                             backend=cfg.backend, params=params, compute=ctx.config.compute,
+                             **_vllm_options(ctx, cfg.backend, params.seed))
     _release()
     judge = load_judge(cfg.judge, **cfg.judge_options)
     metrics = {}
@@ -161,7 +162,8 @@ def _record_results(ctx: RunContext, t: int, policy: str, eval_dir: Path, judge:
 
 def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
     """pi_t answers every training prompt in every training language, n times."""
-    from xlpref.sampling import SampleRequest, SamplingParams, make_sampler, sample_to_log
+    from xlpref.ray_stages import make_stage_sampler
+    from xlpref.sampling import SampleRequest, SamplingParams, sample_to_log
 
     cfg = ctx.config.sampling
     stage = f"iter_{t}/samples"
@@ -177,15 +179,22 @@ def sample_responses(ctx: RunContext, t: int, policy: str) -> list[dict]:
                             seed=ctx.config.seed + t, batch_size=cfg.batch_size)
     ctx.console.rule(f"[bold]iteration {t}: sample ({cfg.backend}, n={cfg.n})")
     start = time.perf_counter()
-    sampler = make_sampler(cfg.backend, policy, **_vllm_options(ctx, cfg.backend, params.seed))
+    sampler = make_stage_sampler(cfg.backend, policy, ctx.config.compute,
+                                 **_vllm_options(ctx, cfg.backend, params.seed))
     try:
         records = sample_to_log(sampler, requests, params, log)
     finally:
         sampler.close()
         _release()
     ctx.stage_done(stage, time.perf_counter() - start, records=len(records),
-                   tokens=sum(r.get("n_response_tokens", 0) for r in records))
+                   tokens=sum(r.get("n_response_tokens", 0) for r in records),
+                   **_compute_summary(getattr(sampler, "report", None)))
     return records
+
+
+def _compute_summary(report: dict | None) -> dict:
+    """A Ray stage's workers, nodes and per-worker records and seconds, for stages.json (nothing when local)."""
+    return {"compute": report} if report else {}
 
 
 def _vllm_options(ctx: RunContext, backend: str, seed: int) -> dict:
@@ -193,8 +202,8 @@ def _vllm_options(ctx: RunContext, backend: str, seed: int) -> dict:
     if backend != "vllm":
         return {}
     cfg = ctx.config.sampling
-    return {"tensor_parallel_size": cfg.tensor_parallel_size, "data_parallel_size": cfg.data_parallel_size,
-            "is_seeded_per_request": cfg.is_seeded_per_request, "seed": seed}
+    return {"tensor_parallel_size": cfg.tensor_parallel_size, "is_seeded_per_request": cfg.is_seeded_per_request,
+            "seed": seed}
 
 
 def reward_models(ctx: RunContext, policy: str) -> tuple[str, str]:
@@ -220,12 +229,14 @@ def build_preference_pairs(ctx: RunContext, t: int, policy: str, samples: list[d
     result = annotator.annotate(
         samples=samples, policy=policy, reward_policy=reward_policy, reference=reference,
         prompts=ctx.prompts, languages=ctx.config.languages, store=ctx.store, stage_dir=f"iter_{t}",
+        compute=ctx.config.compute,
     )
     _release()
     write_json_atomic(ctx.store.path(f"iter_{t}", "pairs.summary.json"), result.summary)
     write_jsonl_atomic(pairs_path, result.pairs)
     ctx.stage_done(stage, time.perf_counter() - start, pairs=len(result.pairs),
-                   tokens=sum(r.get("n_response_tokens", 0) for r in samples) if cfg.name == "implicit-reward" else None)
+                   tokens=sum(r.get("n_response_tokens", 0) for r in samples) if cfg.name == "implicit-reward" else None,
+                   **_compute_summary(getattr(annotator, "compute_report", None)))
     return result.pairs
 
 

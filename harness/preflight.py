@@ -127,10 +127,10 @@ def check_compute(config: RunConfig) -> list[Finding]:
     """The GPUs and workers the config asks for, against this machine (or the Ray cluster's address)."""
     wanted = []
     for where, section in (("sampling", config.sampling), ("evaluation", config.evaluation)):
-        if section.backend == "vllm":
-            tp, dp = getattr(section, "tensor_parallel_size", 1), getattr(section, "data_parallel_size", 1)
-            if tp * dp > 1:
-                wanted.append((tp * dp, f"{where}: vLLM tensor_parallel_size {tp} x data_parallel_size {dp}"))
+        # On Ray, the engines' GPUs are the workers' (compute, below); locally one engine holds tp GPUs.
+        tp = getattr(section, "tensor_parallel_size", 1)
+        if section.backend == "vllm" and config.compute.engine == "local" and tp > 1:
+            wanted.append((tp, f"{where}: vLLM tensor_parallel_size {tp}"))
     training = config.training
     if training.launcher != "none" and training.deepspeed:
         what = f"training: {training.num_processes} processes with DeepSpeed {training.deepspeed}"

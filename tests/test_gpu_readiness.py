@@ -386,6 +386,6 @@ def test_gpu_defaults_evaluation_outputs_use_the_sampling_engine_settings(tmp_pa
                          overrides={"run_dir": str(tmp_path), "sampling": {"backend": "vllm", "tensor_parallel_size": 2,
                                                                           "is_seeded_per_request": False}})
     ctx = SimpleNamespace(config=config)
-    assert _vllm_options(ctx, "vllm", 9) == {"tensor_parallel_size": 2, "data_parallel_size": 1,
+    assert _vllm_options(ctx, "vllm", 9) == {"tensor_parallel_size": 2,
                                              "is_seeded_per_request": False, "seed": 9}
     assert _vllm_options(ctx, "hf", 9) == {}

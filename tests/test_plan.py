@@ -50,7 +50,7 @@ def test_paper_plan_prints_without_gpu_network_or_key(paper_workdir, capsys):
     assert "PROBLEM judge key: judge weighted_gpt4_turbo_multilingual: $OPENAI_API_KEY is not set" in out
     assert "PROBLEM model: policy princeton-nlp/Llama-3-Base-8B-SFT-DPO" in out or \
         "ok      model: policy princeton-nlp/Llama-3-Base-8B-SFT-DPO: hub id, in the local hub cache" in out
-    assert "vLLM tensor_parallel_size 8 x data_parallel_size 1: needs 8 GPUs" in out
+    assert "compute: 8 Ray workers x 1 GPUs: needs 8 GPUs" in out
     assert not (paper_workdir / "runs").exists()
 
 

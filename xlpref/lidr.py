@@ -258,6 +258,7 @@ class LIDRAnnotator:
         self.settings = {k: getattr(config, k, v) for k, v in self.DEFAULTS.items()} | options
         self.seed = seed  # greedy decoding uses no randomness; recorded with every answer
         self.console = console
+        self.compute_report: dict | None = None
 
     def _params(self, repetition_penalty: float) -> Any:
         from xlpref.sampling import SamplingParams
@@ -267,24 +268,26 @@ class LIDRAnnotator:
 
     def annotate(self, *, prompts: Mapping[str, Sequence[Any]] | Sequence[LIDRPrompt], languages: Sequence[str],
                  policy: Any, store: RecordStore | None = None, stage_dir: str | None = None, progress: bool = True,
-                 **_context: Any) -> PairsResult:
+                 compute: Any = None, **_context: Any) -> PairsResult:
         """Answers, translations and pairs for ``prompts`` in ``languages`` by ``policy``.
 
         Args:
             prompts: ``{lang: [TrainPrompt]}`` (the loop's) or a list of :class:`LIDRPrompt`.
             policy: pi_t, a spec or folder for :func:`xlpref.models.load_model`, or a ``(model, tokenizer)``.
             store: a :class:`xlpref.records.RecordStore`; answers and translations become resumable logs in it.
+            compute: a :class:`xlpref.cluster.ComputeConfig`; engine ``ray`` generates on its worker actors
+                (``compute_report`` then holds their summary).
             _context: the loop's other keywords (samples, reward_policy, reference): not used by LIDR.
         Returns:
             The pairs and the summary per language, plus ``_tokens`` (tokens generated, all records).
         """
-        from xlpref.sampling import make_sampler
+        from xlpref.ray_stages import make_stage_sampler
 
         targets = target_languages(languages)
         items = list(prompts) if not isinstance(prompts, Mapping) else prompts_from_train_prompts(prompts, languages)
         if not items:
             raise InputError("no training prompts; expected at least one", field="prompts")
-        sampler = make_sampler(self.settings["backend"], policy)
+        sampler = make_stage_sampler(self.settings["backend"], policy, compute)
         try:
             answer_records = self._generate(sampler, answer_requests(items, targets), ANSWER_REPETITION_PENALTY,
                                             store, stage_dir, "lidr_answers", progress)
@@ -294,6 +297,7 @@ class LIDRAnnotator:
                                                  stage_dir, "lidr_translations", progress)
         finally:
             sampler.close()
+            self.compute_report = getattr(sampler, "report", None)
         translations = {(r["source_lang"], r["lang"], r["source_id"]): r["response"] for r in translation_records}
         result = build_lidr_pairs(items, languages, answers, translations)
         tokens = sum(r.get("n_response_tokens", 0) for r in answer_records + translation_records)

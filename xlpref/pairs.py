@@ -290,36 +290,50 @@ class ImplicitRewardAnnotator:
         self.settings = {k: getattr(config, k, v) for k, v in self.DEFAULTS.items()} | options
         self.seed = seed  # greedy translation and scoring use no randomness; kept for the annotator interface
         self.console = console
+        self.compute_report: dict | None = None
 
     def annotate(self, *, samples: list[dict], reference: Any, reward_policy: Any = None, policy: Any = None,
                  tokenizer: Any = None, store: RecordStore | None = None, stage_dir: str | None = None, progress: bool = True,
-                 **_context: Any) -> PairsResult:
+                 compute: Any = None, **_context: Any) -> PairsResult:
         """Score ``samples`` with (reward_policy or policy, reference), then build pairs.
 
         Models are specs for :func:`xlpref.models.load_model` or ``(model, tokenizer)`` pairs; the same
         spec twice is loaded once (reward 0). With ``store`` the scores are resumable in
-        ``{stage_dir}/scored.jsonl``. Other keywords of the loop (prompts, languages) are not needed.
+        ``{stage_dir}/scored.jsonl``. With ``compute`` of engine ``ray`` the blocks are scored on its
+        worker actors (:class:`xlpref.ray_stages.RayScorer`; ``compute_report`` holds their summary).
+        Other keywords of the loop (prompts, languages) are not needed.
         """
         from xlpref.reward import SCORE_KEY, check_same_tokenizer, make_reward_function, score_records
 
         scorer = reward_policy if reward_policy is not None else policy
         if scorer is None:
             raise InputError("no policy given; expected reward_policy or policy", field="reward_policy")
-        policy_model, policy_tokenizer = _load(scorer, tokenizer)
-        if reference == scorer:
-            reference_model = policy_model
-        else:
-            reference_model, reference_tokenizer = _load(reference, policy_tokenizer)
-            check_same_tokenizer(policy_tokenizer, reference_tokenizer)
         reward = make_reward_function(self.settings["reward"])
         if hasattr(reward, "max_new_tokens"):
             reward.max_new_tokens = self.settings["translation_max_new_tokens"]
+        options = {"max_batch_tokens": self.settings["max_batch_tokens"], "token_span": self.settings["token_span"]}
         log = None
         if store is not None:
             log = store.record_log(f"{stage_dir}/scored" if stage_dir else "scored", key=SCORE_KEY)
-        scored = score_records(samples, policy_model, reference_model, policy_tokenizer, reward, log=log,
-                               progress=progress, max_batch_tokens=self.settings["max_batch_tokens"],
-                               token_span=self.settings["token_span"])
+        if compute is not None and compute.engine == "ray":
+            from xlpref.ray_stages import RayScorer
+
+            workers = RayScorer(compute, scorer, reference, reward, **options)
+            try:
+                scored = score_records(samples, None, None, None, reward, log=log, progress=progress,
+                                       scorer=workers, **options)
+            finally:
+                workers.close()
+                self.compute_report = workers.report
+        else:
+            policy_model, policy_tokenizer = _load(scorer, tokenizer)
+            if reference == scorer:
+                reference_model = policy_model
+            else:
+                reference_model, reference_tokenizer = _load(reference, policy_tokenizer)
+                check_same_tokenizer(policy_tokenizer, reference_tokenizer)
+            scored = score_records(samples, policy_model, reference_model, policy_tokenizer, reward, log=log,
+                                   progress=progress, **options)
         result = build_pairs(scored, length_control=self.settings["length_control"],
                              alpha_step=self.settings["alpha_step"], upper_bound=self.settings["upper_bound"])
         if self.console is not None:

@@ -69,6 +69,7 @@ __all__ = [
     "TRANSLATION_END",
     "TRANSLATION_INSTRUCTION",
     "TRANSLATION_PRIMER",
+    "BlockScorer",
     "CrossLingualReward",
     "MultilingualReward",
     "RewardFunction",
@@ -437,9 +438,62 @@ def _resume(records: list[dict], log: Any, reward_name: str,
     return keys, done
 
 
+class BlockScorer:
+    """Scores one block of whole prompt groups: prepares (translates), tokenizes and scores every record.
+
+    The unit of work of :func:`score_records`, here and on the worker actors of a data-parallel run
+    (:mod:`xlpref.ray_stages`): a block's rewards depend only on the block.
+    """
+
+    def __init__(self, policy: Any, reference: Any, tokenizer: Any, reward: str | RewardFunction = "cross-lingual", *,
+                 token_span: str = DEFAULT_TOKEN_SPAN, max_batch_tokens: int = 4096) -> None:
+        self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
+        self.reward_fn = make_reward_function(reward)
+        self.token_span = check_token_span(token_span)
+        self.max_batch_tokens = max_batch_tokens
+        self.end_of_turn = None if token_span == "response" else end_of_turn_token_id(tokenizer)
+        self._prompt_ids: dict[str, list[int]] = {}  # each prompt is tokenized once for all its responses
+
+    @classmethod
+    def load(cls, policy: str, reference: str, reward: str | RewardFunction = "cross-lingual",
+             **options: Any) -> "BlockScorer":
+        """Load pi_dpo and pi_ref by spec (the same spec once: reward 0) and check they share a tokenizer."""
+        from xlpref.models import load_model
+
+        policy_model, tokenizer = load_model(policy)
+        reference_model = policy_model
+        if reference != policy:
+            reference_model, reference_tokenizer = load_model(reference)
+            check_same_tokenizer(tokenizer, reference_tokenizer)
+        return cls(policy_model, reference_model, tokenizer, reward, **options)
+
+    def map_blocks(self, blocks: list[list[dict]]) -> Any:
+        """``(index, scored records)`` for each block, in order."""
+        for index, block in enumerate(blocks):
+            yield index, self(block)
+
+    def __call__(self, block: list[dict]) -> list[dict]:
+        reward_fn = self.reward_fn
+        if hasattr(reward_fn, "prepare"):
+            # progress=False: one live progress display at a time (the caller's counts the block's records)
+            block = reward_fn.prepare(block, self.policy, self.tokenizer, progress=False)
+        items = []
+        for record in block:
+            conditioning = reward_fn.conditioning(record)
+            if conditioning not in self._prompt_ids:
+                self._prompt_ids[conditioning] = prompt_token_ids(self.tokenizer, conditioning)
+            items.append((self._prompt_ids[conditioning],
+                          response_token_ids(self.tokenizer, reward_fn.scored_text(record))))
+        scores = span_rewards(self.policy, self.reference, items, self.token_span, end_of_turn=self.end_of_turn,
+                              max_batch_tokens=self.max_batch_tokens)
+        return [{**record, "reward": s.reward, "logp_policy": s.logp_policy, "logp_reference": s.logp_reference,
+                 "n_response_tokens": s.n_response_tokens, "reward_type": reward_fn.name,
+                 "token_span": self.token_span} for record, s in zip(block, scores)]
+
+
 def score_records(records: list[dict], policy: Any, reference: Any, tokenizer: Any,
                   reward: str | RewardFunction = "cross-lingual", *, log: Any = None, progress: bool = True,
-                  max_batch_tokens: int = 4096, token_span: str = DEFAULT_TOKEN_SPAN) -> list[dict]:
+                  max_batch_tokens: int = 4096, token_span: str = DEFAULT_TOKEN_SPAN, scorer: Any = None) -> list[dict]:
     """Each sample record plus ``reward``, ``logp_policy``, ``logp_reference``, ``n_response_tokens``,
     ``reward_type`` and ``token_span``.
 
@@ -451,6 +505,9 @@ def score_records(records: list[dict], policy: Any, reference: Any, tokenizer: A
         reward: a registered reward name or a :class:`RewardFunction`.
         token_span: which tokens count (:data:`TOKEN_SPANS`; ``authors`` by default).
         log: a :class:`xlpref.records.RecordLog` keyed ``lang, id, sample_index`` to resume from and append to.
+        scorer: runs the blocks elsewhere (``map_blocks(blocks)`` yielding ``(index, scored block)`` in any
+            order, e.g. :class:`xlpref.ray_stages.RayScorer`); ``policy``, ``reference`` and ``tokenizer``
+            are then unused.
 
     Raises:
         InputError: a record lacks a field or has a wrong type, duplicate keys, a log scored with another reward.
@@ -464,40 +521,28 @@ def score_records(records: list[dict], policy: Any, reference: Any, tokenizer: A
     keys, done = _resume(records, log, reward_fn.name, token_span) if log is not None else ([], {})
     if log is not None and log.is_finished:
         return [done[k] for k in keys]
+    if scorer is None:
+        scorer = BlockScorer(policy, reference, tokenizer, reward_fn, token_span=token_span,
+                             max_batch_tokens=max_batch_tokens)
     conditionings = [reward_fn.conditioning(r) for r in records]
-    end_of_turn = None if token_span == "response" else end_of_turn_token_id(tokenizer)
     blocks = _prompt_blocks(conditionings, [len(r["response"]) for r in records], block_size=16 * max_batch_tokens)
-    missing = [[i for i in block if log is None or keys[i] not in done] for block in blocks]
-    prompt_ids: dict[str, list[int]] = {}  # each prompt is tokenized once for all its responses
+    # The whole block is scored even when part of it is done: the same batches as an uninterrupted
+    # run, so a resumed run's rewards are equal to the last bit, not just to 1e-6.
+    work = [(block, [i for i in block if log is None or keys[i] not in done]) for block in blocks]
+    work = [(block, todo) for block, todo in work if todo]
     scored: dict[int, dict] = {}
     description = f"scoring ({reward_fn.name})"
-    with progress_bar(sum(map(len, missing)), progress and any(missing), description) as bar:
-        for block, todo in zip(blocks, missing):
-            if not todo:
-                continue
-            start = time.perf_counter()
-            if hasattr(reward_fn, "prepare"):
-                # progress=False: one live progress display at a time (this one counts the block's records)
-                prepared = dict(zip(block, reward_fn.prepare([records[i] for i in block], policy, tokenizer,
-                                                             progress=False)))
-            # The whole block is scored even when part of it is done: the same batches as an
-            # uninterrupted run, so a resumed run's rewards are equal to the last bit, not just to 1e-6.
-            ready = {i: (prepared[i] if hasattr(reward_fn, "prepare") else records[i]) for i in block}
-            for i in block:
-                if conditionings[i] not in prompt_ids:
-                    prompt_ids[conditionings[i]] = prompt_token_ids(tokenizer, conditionings[i])
-            items = [(prompt_ids[conditionings[i]], response_token_ids(tokenizer, reward_fn.scored_text(ready[i])))
-                     for i in block]
-            block_scores = dict(zip(block, span_rewards(policy, reference, items, token_span, end_of_turn=end_of_turn,
-                                                        max_batch_tokens=max_batch_tokens)))
-            scores = [block_scores[i] for i in todo]
-            out = [{**ready[i], "reward": s.reward, "logp_policy": s.logp_policy, "logp_reference": s.logp_reference,
-                    "n_response_tokens": s.n_response_tokens, "reward_type": reward_fn.name, "token_span": token_span}
-                   for i, s in zip(todo, scores)]
+    with progress_bar(sum(len(todo) for _, todo in work), progress and bool(work), description) as bar:
+        start = time.perf_counter()
+        for index, block_records in scorer.map_blocks([[records[i] for i in block] for block, _ in work]):
+            block, todo = work[index]
+            wanted = set(todo)
+            out = [record for i, record in zip(block, block_records) if i in wanted]
             if log is not None:
                 log.append(out)
             scored.update(zip(todo, out))
-            advance(bar, len(todo), sum(s.n_response_tokens for s in scores), time.perf_counter() - start)
+            advance(bar, len(out), sum(r["n_response_tokens"] for r in out), time.perf_counter() - start)
+            start = time.perf_counter()
     if log is not None:
         return log.finish(order=keys)
     return [scored[i] for i in range(len(records))]

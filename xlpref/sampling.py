@@ -102,7 +102,10 @@ class Sampler(Protocol):
 
 
 def make_sampler(backend: str, model: Any, **backend_options: Any) -> Sampler:
-    """A sampler by registry name (``hf``, ``vllm``) for a model spec or a ``(model, tokenizer)`` pair."""
+    """A sampler by registry name (``hf``, ``vllm``) for a model spec or a ``(model, tokenizer)`` pair.
+
+    (:func:`xlpref.ray_stages.make_stage_sampler` chooses between this and Ray worker actors.)
+    """
     from xlpref.registry import resolve
 
     return resolve("sampler", backend)(model, **backend_options)
@@ -204,6 +207,30 @@ def in_request_order(records: list[dict], requests: Sequence[SampleRequest]) -> 
     return sorted(records, key=lambda rec: (rank[(rec["lang"], rec["id"])], rec["sample_index"]))
 
 
+def sample_in_batches(sampler: Any, requests: Sequence[SampleRequest], params: SamplingParams, *,
+                      skip_keys: Collection[tuple] = (), on_records: Callable[[list[dict]], None] | None = None,
+                      progress: bool = True) -> list[dict]:
+    """A backend's ``sample``: its planned batches (``plan``), one ``sample_batch`` call each, in order.
+
+    The same plan and batch function serve the worker actors of a data-parallel run
+    (:mod:`xlpref.ray_stages`), so its records equal a local run's.
+    """
+    check_unique(requests)
+    skip = set(skip_keys)
+    batches = sampler.plan(sampler.tokenizer, requests, params, skip)
+    out: list[dict] = []
+    with progress_bar(sum(len(b) for b in batches) * params.n, progress, f"sampling ({sampler.name})") as bar:
+        for batch in batches:
+            start = time.perf_counter()
+            records = sampler.sample_batch([requests[i] for i in batch], params)
+            new = [rec for rec in records if (rec["lang"], rec["id"], rec["sample_index"]) not in skip]
+            advance(bar, len(records), sum(r["n_response_tokens"] for r in records), time.perf_counter() - start)
+            if on_records is not None and new:
+                on_records(new)
+            out.extend(new)
+    return in_request_order(out, requests)
+
+
 # -- the transformers backend ------------------------------------------------------------------
 
 class HFSampler:
@@ -237,24 +264,21 @@ class HFSampler:
     def sample(self, requests: Sequence[SampleRequest], params: SamplingParams, *,
                skip_keys: Collection[tuple] = (), on_records: Callable[[list[dict]], None] | None = None,
                progress: bool = True) -> list[dict]:
-        check_unique(requests)
-        skip = set(skip_keys)
-        prompt_ids = [chat_prompt_ids(self.tokenizer, r.prompt) for r in requests]
-        batches = [b for b in plan_batches([len(p) for p in prompt_ids], params.batch_size)
-                   if not all(k in skip for i in b for k in sample_keys(requests[i], params.n))]
-        out: list[dict] = []
-        with progress_bar(sum(len(b) for b in batches) * params.n, progress, f"sampling ({self.name})") as bar:
-            for batch in batches:
-                start = time.perf_counter()
-                first = requests[batch[0]]
-                records = self._generate([requests[i] for i in batch], [prompt_ids[i] for i in batch], params,
-                                         derived_seed(params.seed, first.lang, first.id))
-                new = [rec for rec in records if (rec["lang"], rec["id"], rec["sample_index"]) not in skip]
-                advance(bar, len(records), sum(r["n_response_tokens"] for r in records), time.perf_counter() - start)
-                if on_records is not None and new:
-                    on_records(new)
-                out.extend(new)
-        return in_request_order(out, requests)
+        return sample_in_batches(self, requests, params, skip_keys=skip_keys, on_records=on_records,
+                                 progress=progress)
+
+    @staticmethod
+    def plan(tokenizer: Any, requests: Sequence[SampleRequest], params: SamplingParams,
+             skip: Collection[tuple] = ()) -> list[list[int]]:
+        """The batches (request indices) this backend makes, those whose records are all in ``skip`` left out."""
+        prompt_ids = [chat_prompt_ids(tokenizer, r.prompt) for r in requests]
+        return [b for b in plan_batches([len(p) for p in prompt_ids], params.batch_size)
+                if not all(k in skip for i in b for k in sample_keys(requests[i], params.n))]
+
+    def sample_batch(self, batch: Sequence[SampleRequest], params: SamplingParams) -> list[dict]:
+        """Every record of one planned batch, seeded from ``(params.seed, key of its first request)``."""
+        prompt_ids = [chat_prompt_ids(self.tokenizer, r.prompt) for r in batch]
+        return self._generate(list(batch), prompt_ids, params, derived_seed(params.seed, batch[0].lang, batch[0].id))
 
     def generate_from_ids(self, requests: Sequence[SampleRequest], prompt_ids: Sequence[Sequence[int]],
                           params: SamplingParams, seed: int = 0) -> list[dict]:

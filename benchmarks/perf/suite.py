@@ -2,7 +2,8 @@
 
 Sections (each in its own module, each comparing against its naive baseline in the same process):
 ``scoring`` (:mod:`bench_scoring`), ``sampling`` (:mod:`bench_sampling`, vLLM in a subprocess),
-``training`` (:mod:`bench_training`), ``judging`` (:mod:`bench_judging`), ``e2e`` (:mod:`bench_e2e`).
+``training`` (:mod:`bench_training`), ``judging`` (:mod:`bench_judging`), ``e2e`` (:mod:`bench_e2e`),
+``scale`` (:mod:`bench_scale`: Ray workers, 2 against 1; only when asked for).
 A section that fails is recorded with its error and the others still run.
 
 Computation and rendering are apart: :func:`summary_rows` turns the results into plain rows
@@ -28,7 +29,7 @@ from typing import Any, Callable
 
 from rich.table import Table
 
-SECTIONS = ("scoring", "sampling", "training", "judging", "e2e")
+SECTIONS = ("scoring", "sampling", "training", "judging", "e2e", "scale")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench.json"
 
 
@@ -59,6 +60,11 @@ def _section_runner(name: str, *, quick: bool, model: str, repeats: int | None, 
 
         config = E2EConfig.quick() if quick else E2EConfig()
         return lambda log: run_e2e(_override(config, None, options.get("e2e")), log=log)
+    if name == "scale":
+        from benchmarks.perf.bench_scale import ScaleConfig, run_scale
+
+        config = ScaleConfig.quick(model) if quick else ScaleConfig(model=model)
+        return lambda log: run_scale(_override(config, None, options.get("scale")), log=log)
     raise ValueError(f"unknown section {name!r}; expected one of {SECTIONS}")
 
 
@@ -208,8 +214,26 @@ def _e2e_rows(data: dict) -> list[dict]:
     return rows
 
 
+def _scale_rows(data: dict) -> list[dict]:
+    rows = [_row("scale", "Ray start-up (local instance, once per command)", data["ray_startup_seconds"], unit="s")]
+    counts = [str(c) for c in data["config"]["worker_counts"]]
+    one, many = counts[0], counts[-1]
+    for stage in ("sampling", "scoring"):
+        runs = data[stage]
+        rate = {c: runs[c]["tokens"] / runs[c]["wall_seconds"] for c in counts}
+        label = "hf sampling" if stage == "sampling" else "scoring (one model)"
+        equal = runs[many]["equal_to_first"] if stage == "sampling" else runs["max_logp_difference"] <= 1e-5
+        rows.append(_row("scale", f"{label}: {many} workers x 1 thread vs {one}, tok/s (same output: {equal})",
+                         rate[many], rate[one], unit="tok/s", target=">= 1.7x", met=rate[many] / rate[one] >= 1.7))
+        loads = [s for c in counts for s in runs[c]["load_seconds"]]
+        rows.append(_row("scale", f"{label}: model loading per worker, max of {len(loads)}", max(loads), unit="s"))
+        rows.append(_row("scale", f"{label}: per-shard overhead, {many} workers ({runs[many]['shards']} shards)",
+                         runs[many]["overhead_ms_per_shard"], unit="ms", has_ratio=False))
+    return rows
+
+
 ROW_BUILDERS = {"scoring": _scoring_rows, "sampling": _sampling_rows, "training": _training_rows,
-                "judging": _judging_rows, "e2e": _e2e_rows}
+                "judging": _judging_rows, "e2e": _e2e_rows, "scale": _scale_rows}
 
 
 def summary_rows(results: dict) -> list[dict]:

@@ -16,12 +16,13 @@ Example::
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 from rich.console import Console
 
-from harness.commands import global_seed, writes_output
+from harness.commands import compute_options, global_seed, write_stage_summary, writes_output
 from xlpref.registry import names
 
 # The inputs each annotator reads (option names as the user types them).
@@ -65,11 +66,12 @@ def _read_samples(path: Path, reward: str) -> list[dict]:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="PAIRS.jsonl to write.")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None,
               help="Resumable intermediate records (default: PAIRS.work/ beside the output).")
+@compute_options
 @click.pass_obj
 @writes_output("output", is_folder=False)
 def annotate(obj, annotator_name: str, policy: str, prompts_path: Path | None, langs: str | None, limit: int | None,
              samples_path: Path | None, reference: str | None, reward: str, token_span: str, no_length_control: bool,
-             max_new_tokens: int | None, batch_size: int | None, output: Path, work_dir: Path | None) -> None:
+             max_new_tokens: int | None, batch_size: int | None, output: Path, work_dir: Path | None, compute) -> None:
     """Build preference pairs with the annotator ANNOTATOR and write PAIRS.jsonl + PAIRS.summary.json."""
     from harness.store import RunStore, check_output_options, record_output_options
     from xlpref.errors import InputError
@@ -119,7 +121,11 @@ def annotate(obj, annotator_name: str, policy: str, prompts_path: Path | None, l
                                   "limit": limit, **options},
                          has_work=any(p.is_file() for p in store.root.rglob("*.jsonl")))
     record_output_options(output, resolved)
-    result = annotator.annotate(policy=policy, store=store, **inputs)
+    start = time.perf_counter()
+    result = annotator.annotate(policy=policy, store=store, compute=compute, **inputs)
+    if annotator.compute_report:
+        write_stage_summary(output, "annotate", {"seconds": round(time.perf_counter() - start, 2),
+                                                 "pairs": len(result.pairs), "compute": annotator.compute_report})
     summary_path = output.with_name(output.stem + ".summary.json")
     write_jsonl_atomic(output, result.pairs)
     write_json_atomic(summary_path, result.summary)

@@ -21,7 +21,7 @@ import click
 
 @click.command()
 @click.option("--sections", default="scoring,sampling,training,judging,e2e", show_default=True,
-              help="Comma-separated subset of the sections to run.")
+              help="Comma-separated subset of the sections to run; also scale (Ray workers, 1 against 2).")
 @click.option("--quick", is_flag=True, help="Small sizes (a few minutes); the default sizes take 10-15 min.")
 @click.option("--model", default="gemma-3-270m", show_default=True, help="Model spec every section uses.")
 @click.option("--repeats", type=click.IntRange(min=1), default=None,

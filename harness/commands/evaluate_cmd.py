@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.commands import global_seed, writes_output
+from harness.commands import compute_options, global_seed, writes_output
 from xlpref.errors import InputError
 from xlpref.registry import names
 
@@ -78,11 +78,12 @@ def _judge_caption(judge: Any, agreement: dict | None) -> str:
 @click.option("--max-new-tokens", type=int, default=None, help="Default: the benchmark's 2048.")
 @click.option("--batch-size", type=int, default=8, show_default=True,
               help="Prompts per batch (hf); vllm takes at least 256 per generate call.")
+@compute_options
 @click.pass_obj
 @writes_output("out_dir", is_folder=True)
 def generate(obj: Any, model: str, langs: str, out_dir: Path, data_dir: Path | None, mini: bool, limit: int | None,
              generator: str | None, backend: str, temperature: float | None, top_p: float | None,
-             max_new_tokens: int | None, batch_size: int) -> None:
+             max_new_tokens: int | None, batch_size: int, compute) -> None:
     """Answer every X-AlpacaEval instruction of LANGS once; write AlpacaEval model_outputs.json per language."""
     from harness.evaluation.model_outputs import evaluation_params, generate_outputs
     from xlpref.data import load_instructions
@@ -106,7 +107,8 @@ def generate(obj: Any, model: str, langs: str, out_dir: Path, data_dir: Path | N
         has_work=log.is_finished or bool(log.done_keys), changeable=("limit",))
     start = time.perf_counter()
     record_output_options(log.final_path, resolved)
-    paths = generate_outputs(model, instructions, out_dir, generator=generator, backend=backend, params=params)
+    paths = generate_outputs(model, instructions, out_dir, generator=generator, backend=backend, params=params,
+                             compute=compute)
     console = Console(stderr=True)
     for lang, path in paths.items():
         console.print(f"{lang}: {len(instructions[lang])} outputs -> {path}")

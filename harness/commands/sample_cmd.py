@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.commands import global_seed, writes_output
+from harness.commands import compute_options, global_seed, write_stage_summary, writes_output
 from xlpref.registry import names
 
 #: Prompts per batch when --batch-size is not given: small for transformers' padded batches, large for
@@ -73,17 +73,19 @@ def summary_table(rows: list[dict], title: str) -> Table:
 @click.option("--seed", type=int, default=None, help="Sampling seed (default: the global --seed).")
 @click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help="vllm only.")
 @click.option("--gpu-memory-utilization", type=float, default=None, help="vllm only (default GPU 0.9, CPU 0.3).")
+@compute_options
 @click.pass_obj
 @writes_output("output", is_folder=False)
 def sample(obj, model: str, prompts: Path, langs: str, n: int, output: Path, backend: str, temperature: float,
            top_p: float, max_new_tokens: int, batch_size: int | None, repetition_penalty: float,
            stop: tuple[str, ...], limit: int | None, seed: int | None, tensor_parallel_size: int,
-           gpu_memory_utilization: float | None) -> None:
+           gpu_memory_utilization: float | None, compute) -> None:
     """Sample N responses per prompt in each language of LANGS into OUTPUT (resumable)."""
     from harness.store import check_output_options, record_output_options
     from xlpref.records import RecordLog
     from xlpref.languages import parse_languages
-    from xlpref.sampling import SAMPLE_KEY, SamplingParams, make_sampler, sample_to_log
+    from xlpref.ray_stages import make_stage_sampler
+    from xlpref.sampling import SAMPLE_KEY, SamplingParams, sample_to_log
     from xlpref.sampling_prompts import requests_from_prompts
 
     params = SamplingParams(
@@ -111,7 +113,7 @@ def sample(obj, model: str, prompts: Path, langs: str, n: int, output: Path, bac
         console.print("note: --tensor-parallel-size and --gpu-memory-utilization apply to --backend vllm only; "
                       "ignored")
     resumed = len(log.done_keys)
-    sampler = make_sampler(backend, model, **options)
+    sampler = make_stage_sampler(backend, model, compute, **options)
     record_output_options(output, resolved)
     try:
         records = sample_to_log(sampler, requests, params, log)
@@ -119,6 +121,9 @@ def sample(obj, model: str, prompts: Path, langs: str, n: int, output: Path, bac
         sampler.close()
     seconds = time.perf_counter() - start
     tokens = sum(r["n_response_tokens"] for r in records)
+    if compute.engine == "ray":
+        write_stage_summary(output, "sample", {"seconds": round(seconds, 2), "records": len(records),
+                                               "compute": sampler.report})
     Console().print(summary_table(summarize_samples(records), f"{len(records)} samples from {model} ({backend})"))
     console.print(f"wrote {output} ({resumed} samples resumed from an earlier run); {tokens} response tokens, "
                   f"{seconds:.1f} s including model load")

@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.commands import writes_output
+from harness.commands import compute_options, write_stage_summary, writes_output
 from xlpref.registry import names
 
 #: xlpref.reward.TOKEN_SPANS (not imported: the CLI's help loads no torch)
@@ -57,10 +57,11 @@ def score_table(records: list[dict]) -> Table:
               help="Padded tokens (prompt included) per forward pass.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Translation length limit (translate-to-english only).")
+@compute_options
 @click.pass_obj
 @writes_output("output", is_folder=False)
 def score(obj, samples_path: Path, policy: str, reference: str, reward: str, token_span: str, output: Path,
-          max_batch_tokens: int, max_new_tokens: int) -> None:
+          max_batch_tokens: int, max_new_tokens: int, compute) -> None:
     """Score each response of SAMPLES.jsonl with the implicit reward log pi_policy - log pi_reference."""
     from harness.store import check_output_options, record_output_options
     from xlpref.records import RecordLog
@@ -93,17 +94,32 @@ def score(obj, samples_path: Path, policy: str, reference: str, reward: str, tok
         output, {"samples": str(samples_path.resolve()), "policy": policy, "reference": reference, "reward": reward,
                  "token_span": token_span, "max_new_tokens": max_new_tokens},
         has_work=log.is_finished or bool(log.done_keys))
-    policy_model, tokenizer = load_model(policy)
-    if reference == policy:
-        reference_model = policy_model  # the same model: every reward is 0
+    options = {"max_batch_tokens": max_batch_tokens, "token_span": token_span}
+    workers = None
+    if compute.engine == "ray":  # the workers load the models; the driver keeps the record log
+        from xlpref.ray_stages import RayScorer
+
+        workers = RayScorer(compute, policy, reference, reward_fn, **options)
+        policy_model = reference_model = tokenizer = None
     else:
-        reference_model, reference_tokenizer = load_model(reference)
-        check_same_tokenizer(tokenizer, reference_tokenizer)
+        policy_model, tokenizer = load_model(policy)
+        if reference == policy:
+            reference_model = policy_model  # the same model: every reward is 0
+        else:
+            reference_model, reference_tokenizer = load_model(reference)
+            check_same_tokenizer(tokenizer, reference_tokenizer)
     record_output_options(output, resolved)
     start = time.perf_counter()  # models are loaded: what follows is the scoring itself
-    scored = score_records(records, policy_model, reference_model, tokenizer, reward_fn, log=log,
-                           max_batch_tokens=max_batch_tokens, token_span=token_span)
+    try:
+        scored = score_records(records, policy_model, reference_model, tokenizer, reward_fn, log=log,
+                               scorer=workers, **options)
+    finally:
+        if workers is not None:
+            workers.close()
     seconds = time.perf_counter() - start
+    if workers is not None:
+        write_stage_summary(output, "score", {"seconds": round(seconds, 2), "records": len(scored),
+                                              "compute": workers.report})
     console = Console()
     console.print(score_table(scored))
     tokens = sum(r["n_response_tokens"] for r in scored)

@@ -48,7 +48,7 @@ def evaluation_params(**overrides: Any) -> Any:
 
 def generate_outputs(model: Any, instructions: Mapping[str, Sequence[Instruction]], out_dir: str | Path, *,
                      generator: str, backend: str = "hf", params: Any = None, progress: bool = True,
-                     **backend_options: Any) -> dict[str, Path]:
+                     compute: Any = None, **backend_options: Any) -> dict[str, Path]:
     """Answer each instruction once per language; write ``out_dir/{lang}/model_outputs.json``.
 
     Args:
@@ -56,11 +56,15 @@ def generate_outputs(model: Any, instructions: Mapping[str, Sequence[Instruction
         instructions: ``{lang: [Instruction]}`` (e.g. :func:`xlpref.data.load_instructions`).
         generator: the name written in every record (AlpacaEval's ``generator``).
         params: decoding (default: :func:`evaluation_params`); ``n`` must be 1.
+        compute: a :class:`xlpref.cluster.ComputeConfig`; engine ``ray`` generates on its worker actors
+            and writes their summary (workers, nodes, per-worker records and seconds) to
+            ``out_dir/generation.stages.json``.
     Returns:
         ``{lang: path of its model_outputs.json}``.
     """
     from harness.store import RunStore
-    from xlpref.sampling import SAMPLE_KEY, SampleRequest, make_sampler, sample_to_log
+    from xlpref.ray_stages import make_stage_sampler
+    from xlpref.sampling import SAMPLE_KEY, SampleRequest, sample_to_log
 
     params = params if params is not None else evaluation_params()
     if params.n != 1:
@@ -76,11 +80,14 @@ def generate_outputs(model: Any, instructions: Mapping[str, Sequence[Instruction
         name = model if isinstance(model, str) else (getattr(model[0], "name_or_path", "") or "in-memory")
         records = sample_to_log(SimpleNamespace(name=backend, model_name=name), requests, params, log)
     else:
-        sampler = make_sampler(backend, model, **backend_options)
+        sampler = make_stage_sampler(backend, model, compute, **backend_options)
         try:
             records = sample_to_log(sampler, requests, params, log, progress=progress)
         finally:
             sampler.close()
+        if getattr(sampler, "report", None):
+            write_json_atomic(Path(out_dir) / "generation.stages.json",
+                              {"generate": {"records": len(records), "compute": sampler.report}})
     by_key = {(r["lang"], r["id"]): r for r in records}
     paths = {}
     for lang, rows in instructions.items():
