@@ -116,6 +116,8 @@ def test_evaluate_command_sends_alpaca_eval_rendering_in_seed_0_order(tmp_path, 
 def test_the_loop_judges_with_switch_seed_0_whatever_the_run_seed(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
+    from xlpref.cluster import ComputeConfig
+
     import harness.evaluation.judging as judging
     import harness.evaluation.model_outputs as model_outputs
     import harness.judges.loading as judges_loading
@@ -135,7 +137,7 @@ def test_the_loop_judges_with_switch_seed_0_whatever_the_run_seed(monkeypatch, t
         evaluation = EvaluationConfig() if switch_seed is None else EvaluationConfig(switch_seed=switch_seed)
         config = SimpleNamespace(evaluation=evaluation, seed=42, name="r", languages=["es"],
                                  data=SimpleNamespace(instruction_difficulty=None),
-                                 training=SimpleNamespace(report_to=[]))
+                                 training=SimpleNamespace(report_to=[]), compute=ComputeConfig())
         ctx = loop.RunContext(config, store, SimpleNamespace(rule=lambda *a: None), {}, {"es": []}, {"es": []})
         loop.evaluate_policy(ctx, 1, "policy")
     assert seen == [0, 7]

@@ -233,7 +233,7 @@ def test_results_row_ids_must_be_plain_names(tmp_path, row_id):
 
 def test_check_command_refuses_a_row_outside_the_results(tmp_path, capsys):
     code, output = run_cli(["check", "../../etc", "--against", "x", "--results-dir", tmp_path], capsys)
-    assert code == 2 and output.startswith("error: ") and "'../../etc' is not a plain name" in output
+    assert code == 2 and output.startswith("error: ") and "../../etc: not a row folder" in output
     assert "Traceback" not in output
 
 
