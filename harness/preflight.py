@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class Finding:
 
 # -- pre-flight -------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)  # one probe per pre-flight, not one per model
 def _is_hub_reachable(timeout: float = 3.0) -> bool:
     try:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_helpers import two_node_ray_cluster
 from test_crash_resume import artifacts
 from tiny_run import TINY_CONFIG, finished_stages, kill_group, start_tiny_run, watch
 
@@ -96,15 +97,8 @@ def test_ray_loop_driver_killed_in_training_resumes_and_matches_the_local_run(ti
 
 @pytest.fixture
 def two_node_cluster():
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    try:
+    with two_node_ray_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.shutdown()
 
 
 def test_ray_loop_on_a_two_node_cluster_matches_the_local_run(tiny_reference_run, two_node_cluster, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from ray_helpers import two_node_ray_cluster
 
 from test_distributed import COMMON, LOSS_RTOL, PAIRS, WEIGHT_ATOL, losses, max_weight_difference
 from xlpref.distributed import launch_training, read_rank_records
@@ -29,16 +30,8 @@ KILL_STEP, CHECKPOINT_STEPS = 3, 2
 
 @pytest.fixture(scope="module")
 def two_node_cluster():
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    try:
+    with two_node_ray_cluster() as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import json
 
 import pytest
 from cli_helpers import run_cli
+from ray_helpers import two_node_ray_cluster
 
 from xlpref.records import RecordLog
 from xlpref.sampling import SAMPLE_KEY, SampleRequest, SamplingParams, make_sampler, sample_to_log
@@ -19,14 +20,8 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 
 @pytest.fixture(scope="module")
 def two_node_cluster(one_torch_thread):
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    with two_node_ray_cluster() as cluster:
+        yield cluster
 
 
 def test_ray_scoring_on_a_two_node_cluster_puts_one_worker_on_each_node(two_node_cluster, tmp_path, capsys):

@@ -23,9 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xlpref.errors import InputError
 
-ENGINES = ("local", "ray")
-
-
 class ComputeConfig(BaseModel):
     """The ``compute`` block of a run config (and the ``--engine/--workers/--ray-address`` flags)."""
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 from xlpref.errors import InputError
 from xlpref.jsonio import iter_jsonl, read_json
-from xlpref.languages import is_language_code, unknown_language_message
+from xlpref.languages import check_language_code
 
 #: The hub copy of the original X-AlpacaEval release (en, zh, ko, it, es), pinned.
 HUB_DATASET = "zhihz0535/X-AlpacaEval"
@@ -101,8 +101,7 @@ def _require_field(obj: dict, name: str, *, path: Path, record: int | None = Non
 
 def _lang_file(folder: Path, lang: str, suffix: str) -> Path:
     path = folder / f"{lang}{suffix}"
-    if not is_language_code(lang):
-        raise InputError(unknown_language_message(lang), path=path)
+    check_language_code(lang, path=path)
     if not path.exists():
         raise InputError(f"file not found; expected {lang}{suffix} for language '{lang}'", path=path)
     return path
@@ -115,8 +114,7 @@ def available_languages(folder: str | Path, suffix: str) -> list[str]:
         raise InputError("folder not found", path=folder)
     langs = sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix))
     for lang in langs:
-        if not is_language_code(lang):
-            raise InputError(unknown_language_message(lang), path=folder / f"{lang}{suffix}")
+        check_language_code(lang, path=folder / f"{lang}{suffix}")
     return langs
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Any
 
 from xlpref.errors import InputError
 
@@ -65,6 +66,13 @@ def is_language_code(code: object) -> bool:
 def unknown_language_message(code: object) -> str:
     return (f"unknown language code {code!r}; expected an ISO 639-1 code (two lowercase letters naming a "
             "language, e.g. en, pt, it)")
+
+
+def check_language_code(code: object, **where: Any) -> str:
+    """``code`` if it is a language code (:func:`is_language_code`); else :class:`InputError` placed by ``where``."""
+    if not is_language_code(code):
+        raise InputError(unknown_language_message(code), **where)
+    return code
 
 
 def language_name(code: str) -> str:

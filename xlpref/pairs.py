@@ -52,7 +52,7 @@ import numpy as np
 
 from xlpref.errors import InputError
 from xlpref.jsonio import is_finite_number
-from xlpref.languages import is_language_code, unknown_language_message
+from xlpref.languages import check_language_code
 from xlpref.records import RecordStore
 
 #: Fields a scored record needs to take part in a pair.
@@ -81,8 +81,7 @@ def check_scored_record(record: dict, *, path: Any = None, line: int | None = No
     for name in ("lang", "prompt", "response"):
         if not isinstance(record[name], str):
             raise InputError(f"got {type(record[name]).__name__}; expected a string", field=name, **where)
-    if not is_language_code(record["lang"]):
-        raise InputError(unknown_language_message(record["lang"]), field="lang", **where)
+    check_language_code(record["lang"], field="lang", **where)
     if isinstance(record["id"], bool) or not isinstance(record["id"], (int, str)):
         raise InputError(f"got {record['id']!r}; expected an integer or a string", field="id", **where)
     if not is_finite_number(record["reward"]):

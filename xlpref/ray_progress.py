@@ -13,7 +13,6 @@ Example (the driver of a stage; workers call ``board.report.remote(worker_id, do
 
     with ray_stage_progress(console, "iter_0/samples", total=120, unit="records") as bar:
         board = bar.board                  # hand it to the workers
-        ...                                # or count on the driver: bar.advance(8)
 """
 
 from __future__ import annotations
@@ -98,16 +97,11 @@ def dashboard_url(ray: Any) -> str | None:
 
 
 class StageBar:
-    """The driver's handle on a stage's bar: :attr:`board` for the workers, :meth:`advance` for the driver."""
+    """The driver's handle on a stage's bar: :attr:`board` for the workers; :meth:`refresh` polls it."""
 
     def __init__(self, ray: Any, progress: Any, task: Any, board: Any, combine: str) -> None:
         self.ray, self.progress, self.task, self.board, self.combine = ray, progress, task, board, combine
-        self.driver_done = 0
         self.last = {"done": 0, "alive": 0}
-
-    def advance(self, n: int = 1) -> None:
-        self.driver_done += n
-        self.refresh()
 
     def refresh(self) -> None:
         try:
@@ -115,7 +109,7 @@ class StageBar:
         except Exception:  # a busy or restarting cluster: keep the last view
             pass
         used, total = gpus_in_use(self.ray)
-        self.progress.update(self.task, completed=self.driver_done + self.last["done"], alive=self.last["alive"],
+        self.progress.update(self.task, completed=self.last["done"], alive=self.last["alive"],
                              gpus=f"{used:g}/{total:g}")
 
 

@@ -80,7 +80,7 @@ class WorkerPool:
         self.compute, self.stage = compute, stage
         self._session = contextlib.ExitStack()
         start = time.perf_counter()
-        self.cluster = self._session.enter_context(ray_session(compute))
+        self._session.enter_context(ray_session(compute))
         import ray
 
         self._ray = ray

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from xlpref.cluster import ComputeConfig
-from xlpref.distributed import check_launch, check_rank_records, read_rank_records
+from xlpref.distributed import _result, check_launch, check_rank_records, read_rank_records
 from xlpref.errors import InputError
 from xlpref.training import (
     TrainConfig,
@@ -275,7 +275,3 @@ def _deepspeed_env(deepspeed: str | None, num_workers: int) -> dict[str, str]:
     _, env = prepare_deepspeed_cmd_env(args)
     return {key: value for key, value in env.items() if key.startswith("ACCELERATE_")}
 
-
-def _result(output_dir: Path, meta: dict, num_workers: int, *, was_skipped: bool) -> TrainResult:
-    return TrainResult(output_dir, meta["metrics"], meta["steps"], meta["first_loss"], meta["seconds"],
-                       was_skipped=was_skipped, world_size=num_workers)

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from xlpref.errors import InputError
-from xlpref.languages import cross_lingual_instruction, is_language_code, unknown_language_message
+from xlpref.languages import check_language_code, cross_lingual_instruction
 from xlpref.logprobs import Item, paired_response_logprobs, response_logprobs
 
 __all__ = [
@@ -392,8 +392,7 @@ def check_sample_record(record: dict, reward: RewardFunction, *, path: Any = Non
     index_value = record.get("sample_index", 0)
     if isinstance(index_value, bool) or not isinstance(index_value, int) or index_value < 0:
         raise InputError(f"got {index_value!r}; expected an integer >= 0", field="sample_index", **where)
-    if not is_language_code(record["lang"]):
-        raise InputError(unknown_language_message(record["lang"]), field="lang", **where)
+    check_language_code(record["lang"], field="lang", **where)
 
 
 def _prompt_blocks(conditionings: list[str], sizes: list[int], block_size: int) -> list[list[int]]:

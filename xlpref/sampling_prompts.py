@@ -72,7 +72,7 @@ def _requests_from_folder(folder: Path, suffix: str, langs: list[str], limit: in
 
 def _requests_from_jsonl(path: Path, langs: list[str], limit: int | None) -> list[SampleRequest]:
     from xlpref.jsonio import iter_jsonl
-    from xlpref.languages import is_language_code, unknown_language_message
+    from xlpref.languages import check_language_code
 
     rows = []
     for line, obj in iter_jsonl(path):
@@ -80,8 +80,7 @@ def _requests_from_jsonl(path: Path, langs: list[str], limit: int | None) -> lis
             if name not in obj:
                 raise InputError("missing field; expected lang, id and instruction in every record", path=path,
                                  line=line, field=name)
-        if not is_language_code(obj["lang"]):
-            raise InputError(unknown_language_message(obj["lang"]), path=path, line=line, field="lang")
+        check_language_code(obj["lang"], path=path, line=line, field="lang")
         if isinstance(obj["id"], bool) or not isinstance(obj["id"], (int, str)) or obj["id"] == "":
             raise InputError(f"got {obj['id']!r}; expected an integer or a non-empty string", path=path, line=line,
                              field="id")

@@ -33,8 +33,6 @@ def writes_output(parameter: str, *, is_folder: bool) -> Callable:
 def compute_options(command: Any) -> Any:
     """``--engine local|ray``, ``--workers N``, ``--ray-address A`` and ``--gpus-per-worker G`` for a command
     with a heavy stage, handed to it as one ``compute`` keyword (:class:`xlpref.cluster.ComputeConfig`)."""
-    import functools
-
     import click
 
     @functools.wraps(command)

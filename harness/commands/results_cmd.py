@@ -43,7 +43,7 @@ def leaderboard(results_dir: Path, langs: str | None, metric: str, csv_path: Pat
                 include_published: bool, width: int | None, html_dir: Path | None) -> None:
     """Regenerate RESULTS_DIR/leaderboard.csv from the stored rows and print one table per judge."""
     from harness.results.leaderboard import leaderboard_frame, leaderboard_layouts, write_leaderboard_csv
-    from harness.results.rows import read_judge_agreement, read_rows
+    from harness.results.rows import judge_agreements, read_rows
     from harness.results.terminal import TableOutput
     from xlpref.errors import InputError
     from xlpref.languages import parse_languages
@@ -51,8 +51,7 @@ def leaderboard(results_dir: Path, langs: str | None, metric: str, csv_path: Pat
     rows = read_rows(results_dir, include_published=include_published)
     if not rows:
         raise InputError("no rows; expected row folders with row.json (see results/README.md)", path=results_dir)
-    agreements = {name: agreement for name in sorted({r.annotator for r in rows})
-                  if (agreement := read_judge_agreement(name)) is not None}
+    agreements = judge_agreements(rows)
     frame = leaderboard_frame(rows, langs=parse_languages(langs) if langs else None, metric=metric,
                               agreements=agreements)
     # The canonical CSV is the full view; a filtered view never overwrites it.

@@ -290,12 +290,6 @@ def _group_layouts(frame, group_id, group, langs, best, metric, n_groups) -> tup
         models.append((rank, row["label"], row["row_id"], lines))
     value_headers = [*shown, "avg", *[c.removeprefix("cap_") for c in caps]]
 
-    def numbers_table(**kwargs) -> Table:
-        table = Table(**kwargs)
-        for name in value_headers:
-            table.add_column(name, justify="right", no_wrap=True)
-        return table
-
     # min_width keeps the caption (judge, reference, ranking rule) readable under a narrow table.
     wide = Table(title=title, caption=caption, caption_justify="left", min_width=100)
     for name, justify in [("#", "right"), ("model / row id", "left"), ("", "left")]:

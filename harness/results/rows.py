@@ -350,3 +350,9 @@ def record_run_iteration(results_dir: str | Path, run_name: str, iteration: int,
     row = {"row_id": f"{run_name}-iter{iteration}", "run": run_name, "iteration": iteration,
            "label": f"{run_name} iteration {iteration}", **meta}
     return record_evaluation(results_dir, row, files)
+
+
+def judge_agreements(rows: list) -> dict[str, dict]:
+    """{annotator: its measured agreement} for the rows' annotators that have one (:func:`read_judge_agreement`)."""
+    return {name: agreement for name in sorted({row.annotator for row in rows})
+            if (agreement := read_judge_agreement(name)) is not None}

@@ -27,7 +27,7 @@ import pandas as pd
 
 from harness.results.leaderboard import (LANGUAGE_COLUMNS, METRIC_COLUMNS, canonical_order, group_caption,
                                          group_languages, group_title, has_language_columns, leaderboard_frame)
-from harness.results.rows import Row, read_judge_agreement, read_rows
+from harness.results.rows import Row, judge_agreements, read_rows
 from xlpref.jsonio import write_text_atomic
 
 ASSETS = Path(__file__).parent / "site_assets"
@@ -67,8 +67,7 @@ def _group_data(frame: pd.DataFrame, group_id: int, group: pd.DataFrame, n_group
 
 def index_data(rows: Sequence[Row], pages: set[str], plots: Sequence[str]) -> dict:
     """What index.html shows: the full leaderboard (every row, each table its own languages) and the plots."""
-    agreements = {name: agreement for name in sorted({r.annotator for r in rows})
-                  if (agreement := read_judge_agreement(name)) is not None}
+    agreements = judge_agreements(rows)
     frame = leaderboard_frame(rows, metric="lc", agreements=agreements)
     n_groups = frame["group"].nunique() if not frame.empty else 0
     groups = [_group_data(frame, int(group_id), group, n_groups, pages)
